@@ -50,7 +50,12 @@ mod wasm_rt {
     unsafe impl Sync for Bump {}
 
     #[global_allocator]
-    static ALLOC: Bump = Bump(UnsafeCell::new(State { base: 0, next: 0, end: 0, live: 0 }));
+    static ALLOC: Bump = Bump(UnsafeCell::new(State {
+        base: 0,
+        next: 0,
+        end: 0,
+        live: 0,
+    }));
 
     // SAFETY: every block handed out lies in linear memory that we grew for ourselves and that
     // no other live block overlaps; `alloc` returns null when memory cannot grow.

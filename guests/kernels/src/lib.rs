@@ -20,6 +20,11 @@
 
 #![no_std]
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::needless_range_loop,
+    clippy::manual_memcpy,
+    reason = "plain index loops, as in the C originals, so that both compilers see the same code"
+)]
 
 extern crate alloc;
 
@@ -176,7 +181,11 @@ pub fn sqrt(x: f64) -> f64 {
 }
 
 /// A `rows × cols` row-major matrix initialised from `f(i, j)`.
-pub(crate) fn mat(rows: usize, cols: usize, f: impl Fn(usize, usize) -> f64) -> alloc::vec::Vec<f64> {
+pub(crate) fn mat(
+    rows: usize,
+    cols: usize,
+    f: impl Fn(usize, usize) -> f64,
+) -> alloc::vec::Vec<f64> {
     let mut m = alloc::vec![0.0; rows * cols];
     for i in 0..rows {
         for j in 0..cols {
@@ -207,10 +216,15 @@ mod tests {
 
     #[test]
     fn sqrt_is_accurate() {
-        for &x in &[1e-300, 1e-10, 0.25, 1.0, 2.0, 3.0, 10.0, 12345.678, 1e10, 1e300] {
+        for &x in &[
+            1e-300, 1e-10, 0.25, 1.0, 2.0, 3.0, 10.0, 12345.678, 1e10, 1e300,
+        ] {
             let got = sqrt(x);
             let want = std::primitive::f64::sqrt(x);
-            assert!(((got - want) / want).abs() < 4e-16, "sqrt({x}) = {got}, want {want}");
+            assert!(
+                ((got - want) / want).abs() < 4e-16,
+                "sqrt({x}) = {got}, want {want}"
+            );
         }
         assert_eq!(sqrt(0.0), 0.0);
         assert!(sqrt(-1.0).is_nan());

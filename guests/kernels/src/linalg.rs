@@ -276,7 +276,13 @@ pub fn syr2k(size: Size) -> f64 {
 pub fn trmm(size: Size) -> f64 {
     let [m, n] = size.pick([[20, 30], [60, 80], [200, 240], [560, 640]]);
     // The upper triangle holds garbage that must never be read.
-    let a = mat(m, m, |i, j| if j < i { frac(i, j, 0, m) / m as f64 } else { -999.0 });
+    let a = mat(m, m, |i, j| {
+        if j < i {
+            frac(i, j, 0, m) / m as f64
+        } else {
+            -999.0
+        }
+    });
     let mut b = mat(m, n, |i, j| frac(n + i - j, 1, 0, n) / n as f64);
     for i in 0..m {
         for j in 0..n {
@@ -294,7 +300,13 @@ pub fn trmm(size: Size) -> f64 {
 /// `C := alpha·A·B + beta·C` with `A: m×m` symmetric, stored in its lower triangle only.
 pub fn symm(size: Size) -> f64 {
     let [m, n] = size.pick([[20, 30], [60, 80], [200, 240], [440, 500]]);
-    let a = mat(m, m, |i, j| if j <= i { frac(i, j, 0, m) / m as f64 } else { -999.0 });
+    let a = mat(m, m, |i, j| {
+        if j <= i {
+            frac(i, j, 0, m) / m as f64
+        } else {
+            -999.0
+        }
+    });
     let b = mat(m, n, |i, j| frac(n + i - j, 1, 0, 100) / m as f64);
     let mut c = mat(m, n, |i, j| frac(i, j, 0, 100) / m as f64);
     for i in 0..m {

@@ -74,7 +74,9 @@ pub fn cholesky(size: Size) -> f64 {
 pub fn gramschmidt(size: Size) -> f64 {
     let [m, n] = size.pick([[30, 20], [80, 60], [240, 200], [480, 400]]);
     // Full column rank: a dominant "diagonal" on top of bounded noise.
-    let mut a = mat(m, n, |i, j| frac(i, j, 0, m) + if i == j { 10.0 } else { 0.0 });
+    let mut a = mat(m, n, |i, j| {
+        frac(i, j, 0, m) + if i == j { 10.0 } else { 0.0 }
+    });
     let mut q = vec![0.0; m * n];
     let mut r = vec![0.0; n * n];
     for k in 0..n {

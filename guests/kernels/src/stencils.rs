@@ -98,8 +98,7 @@ pub fn fdtd_2d(size: Size) -> f64 {
         for i in 0..nx - 1 {
             for j in 0..ny - 1 {
                 hz[i * ny + j] -= 0.7
-                    * (ex[i * ny + j + 1] - ex[i * ny + j] + ey[(i + 1) * ny + j]
-                        - ey[i * ny + j]);
+                    * (ex[i * ny + j + 1] - ex[i * ny + j] + ey[(i + 1) * ny + j] - ey[i * ny + j]);
             }
         }
     }
