@@ -97,14 +97,33 @@ impl fmt::Display for InspectReport {
             self.writers.len(),
             self.segments.len()
         )?;
-        let kinds: Vec<String> = self.kinds.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
-        writeln!(f, "kinds     {}", if kinds.is_empty() { "-".into() } else { kinds.join(", ") })?;
+        let kinds: Vec<String> = self
+            .kinds
+            .iter()
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect();
+        writeln!(
+            f,
+            "kinds     {}",
+            if kinds.is_empty() {
+                "-".into()
+            } else {
+                kinds.join(", ")
+            }
+        )?;
         if !self.writers.is_empty() {
             writeln!(f)?;
-            writeln!(f, "{:<34} {:>10} {:>10} {:>12}  {:<18} kinds", "writer", "head seq", "records", "bytes", "head hash")?;
+            writeln!(
+                f,
+                "{:<34} {:>10} {:>10} {:>12}  {:<18} kinds",
+                "writer", "head seq", "records", "bytes", "head hash"
+            )?;
             for writer in &self.writers {
-                let kinds: Vec<String> =
-                    writer.kinds.iter().map(|(kind, n)| format!("{kind}:{n}")).collect();
+                let kinds: Vec<String> = writer
+                    .kinds
+                    .iter()
+                    .map(|(kind, n)| format!("{kind}:{n}"))
+                    .collect();
                 writeln!(
                     f,
                     "{:<34} {:>10} {:>10} {:>12}  {:<18} {}{}",
@@ -153,7 +172,9 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport, StoreError> {
         };
         let scan = frame::scan(&body, SEGMENT_HEADER_BYTES);
         let file_bytes = SEGMENT_HEADER_BYTES.saturating_add(body.len() as u64);
-        report.segments.push((path.clone(), file_bytes, scan.frames.len() as u64));
+        report
+            .segments
+            .push((path.clone(), file_bytes, scan.frames.len() as u64));
         for scanned in &scan.frames {
             let record = &scanned.record;
             let len = record.len() as u64;
@@ -161,15 +182,17 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport, StoreError> {
             report.bytes = report.bytes.saturating_add(len);
             let kind_count = report.kinds.entry(record.kind()).or_insert(0);
             *kind_count = kind_count.saturating_add(1);
-            let summary = writers.entry(record.writer()).or_insert_with(|| WriterSummary {
-                writer: record.writer(),
-                head_seq: 0,
-                head_hash: record.stored_hash(),
-                records: 0,
-                bytes: 0,
-                kinds: BTreeMap::new(),
-                closed: false,
-            });
+            let summary = writers
+                .entry(record.writer())
+                .or_insert_with(|| WriterSummary {
+                    writer: record.writer(),
+                    head_seq: 0,
+                    head_hash: record.stored_hash(),
+                    records: 0,
+                    bytes: 0,
+                    kinds: BTreeMap::new(),
+                    closed: false,
+                });
             summary.records = summary.records.saturating_add(1);
             summary.bytes = summary.bytes.saturating_add(len);
             let count = summary.kinds.entry(record.kind()).or_insert(0);
@@ -242,10 +265,19 @@ impl fmt::Display for VerifySummary {
             self.closed_writers
         )?;
         for head in &self.heads {
-            writeln!(f, "  writer {} head seq {} hash {}", head.writer, head.seq, head.hash.short())?;
+            writeln!(
+                f,
+                "  writer {} head seq {} hash {}",
+                head.writer,
+                head.seq,
+                head.hash.short()
+            )?;
         }
         if let Some(torn) = &self.torn_tail {
-            writeln!(f, "note: interrupted append at {torn} (never acknowledged; cut on next open)")?;
+            writeln!(
+                f,
+                "note: interrupted append at {torn} (never acknowledged; cut on next open)"
+            )?;
         }
         Ok(())
     }
@@ -273,14 +305,14 @@ pub struct VerifyFailure {
     pub writer: Option<WriterId>,
     /// The sequence number involved.
     pub seq: Option<u64>,
-    /// What failed.
-    pub kind: VerifyFailureKind,
+    /// What failed (boxed: failures are rare and the variants are large).
+    pub kind: Box<VerifyFailureKind>,
 }
 
 impl VerifyFailure {
     /// A short stable name of the failure class (`bad-signature`, `gap`, `fork`, ...).
     pub fn class(&self) -> &'static str {
-        match &self.kind {
+        match &*self.kind {
             VerifyFailureKind::Store(StoreError::Corruption { .. }) => "corruption",
             VerifyFailureKind::Store(_) => "store",
             VerifyFailureKind::Record(error) => error.class(),
@@ -299,7 +331,7 @@ impl fmt::Display for VerifyFailure {
         if let (Some(writer), Some(seq)) = (self.writer, self.seq) {
             write!(f, ", writer {writer} seq {seq}")?;
         }
-        match &self.kind {
+        match &*self.kind {
             VerifyFailureKind::Store(error) => write!(f, ": {error}"),
             VerifyFailureKind::Record(error) => write!(f, ": {error}"),
             VerifyFailureKind::Duplicate => write!(f, ": the same record is stored twice"),
@@ -316,17 +348,28 @@ impl std::error::Error for VerifyFailure {}
 
 /// Verifies the whole store in `dir` with certificate validity at `now_s`.
 pub fn verify(dir: impl AsRef<Path>, now_s: u64) -> Result<VerifySummary, VerifyFailure> {
-    let options =
-        VerifyOptions { validity: Validity::At(now_s), expected_heads: Vec::new(), revoked: Vec::new() };
+    let options = VerifyOptions {
+        validity: Validity::At(now_s),
+        expected_heads: Vec::new(),
+        revoked: Vec::new(),
+    };
     verify_with(dir, &options)
 }
 
 fn store_failure(error: StoreError) -> VerifyFailure {
     let location = match &error {
-        StoreError::Corruption { path, offset, .. } => Some(Location { file: path.clone(), offset: *offset }),
+        StoreError::Corruption { path, offset, .. } => Some(Location {
+            file: path.clone(),
+            offset: *offset,
+        }),
         _ => None,
     };
-    VerifyFailure { location, writer: None, seq: None, kind: VerifyFailureKind::Store(error) }
+    VerifyFailure {
+        location,
+        writer: None,
+        seq: None,
+        kind: Box::new(VerifyFailureKind::Store(error)),
+    }
 }
 
 /// Where a record was first seen, for reordering and fork evidence.
@@ -339,7 +382,10 @@ struct Seen {
 }
 
 /// [`verify`] with options.
-pub fn verify_with(dir: impl AsRef<Path>, options: &VerifyOptions) -> Result<VerifySummary, VerifyFailure> {
+pub fn verify_with(
+    dir: impl AsRef<Path>,
+    options: &VerifyOptions,
+) -> Result<VerifySummary, VerifyFailure> {
     let dir = dir.as_ref();
     let metadata = segment::read_metadata(dir).map_err(store_failure)?;
     let segments = segment::list_segments(dir).map_err(store_failure)?;
@@ -352,18 +398,22 @@ pub fn verify_with(dir: impl AsRef<Path>, options: &VerifyOptions) -> Result<Ver
         let body = segment::read_segment(path, &metadata.id(), *index).map_err(store_failure)?;
         let scan = frame::scan(&body, SEGMENT_HEADER_BYTES);
         for scanned in &scan.frames {
-            seen.entry((scanned.record.writer(), scanned.record.seq())).or_insert(Seen {
-                ordinal,
-                file: path.clone(),
-                offset: scanned.offset,
-                frame_len: scanned.frame_len,
-            });
+            seen.entry((scanned.record.writer(), scanned.record.seq()))
+                .or_insert(Seen {
+                    ordinal,
+                    file: path.clone(),
+                    offset: scanned.offset,
+                    frame_len: scanned.frame_len,
+                });
             ordinal = ordinal.saturating_add(1);
         }
         match scan.end {
             ScanEnd::Clean => {}
             ScanEnd::TornTail { offset, .. } if position.saturating_add(1) == last => {
-                torn_tail = Some(Location { file: path.clone(), offset });
+                torn_tail = Some(Location {
+                    file: path.clone(),
+                    offset,
+                });
             }
             ScanEnd::TornTail { offset, problem } => {
                 return Err(store_failure(StoreError::Corruption {
@@ -373,7 +423,11 @@ pub fn verify_with(dir: impl AsRef<Path>, options: &VerifyOptions) -> Result<Ver
                 }));
             }
             ScanEnd::Corrupt { offset, detail } => {
-                return Err(store_failure(StoreError::Corruption { path: path.clone(), offset, detail }));
+                return Err(store_failure(StoreError::Corruption {
+                    path: path.clone(),
+                    offset,
+                    detail,
+                }));
             }
         }
     }
@@ -395,20 +449,26 @@ pub fn verify_with(dir: impl AsRef<Path>, options: &VerifyOptions) -> Result<Ver
         let body = segment::read_segment(path, &metadata.id(), *index).map_err(store_failure)?;
         let scan = frame::scan(&body, SEGMENT_HEADER_BYTES);
         for chunk in scan.frames.chunks(1024) {
-            let records: Vec<SealedRecord> = chunk.iter().map(|scanned| scanned.record.clone()).collect();
+            let records: Vec<SealedRecord> =
+                chunk.iter().map(|scanned| scanned.record.clone()).collect();
             let results = verifier.verify_batch(&records, options.validity);
             for (scanned, result) in chunk.iter().zip(results) {
-                let location = Location { file: path.clone(), offset: scanned.offset };
+                let location = Location {
+                    file: path.clone(),
+                    offset: scanned.offset,
+                };
                 let record = &scanned.record;
                 let failure = |kind| VerifyFailure {
                     location: Some(location.clone()),
                     writer: Some(record.writer()),
                     seq: Some(record.seq()),
-                    kind,
+                    kind: Box::new(kind),
                 };
                 match result {
                     Ok(Verdict::Accepted(_)) => {}
-                    Ok(Verdict::Duplicate { .. }) => return Err(failure(VerifyFailureKind::Duplicate)),
+                    Ok(Verdict::Duplicate { .. }) => {
+                        return Err(failure(VerifyFailureKind::Duplicate));
+                    }
                     Err(error) => return Err(failure(explain(error, record, ordinal, &seen))),
                 }
                 summary.records = summary.records.saturating_add(1);
@@ -419,14 +479,25 @@ pub fn verify_with(dir: impl AsRef<Path>, options: &VerifyOptions) -> Result<Ver
     }
     if let Err(error) = verifier.check_heads(&options.expected_heads) {
         let (writer, seq) = match &error {
-            VerifyError::Truncated { writer, expected, .. } => (Some(*writer), Some(*expected)),
+            VerifyError::Truncated {
+                writer, expected, ..
+            } => (Some(*writer), Some(*expected)),
             VerifyError::HeadMismatch { writer, seq } => (Some(*writer), Some(*seq)),
             _ => (None, None),
         };
-        return Err(VerifyFailure { location: None, writer, seq, kind: VerifyFailureKind::Record(error) });
+        return Err(VerifyFailure {
+            location: None,
+            writer,
+            seq,
+            kind: Box::new(VerifyFailureKind::Record(error)),
+        });
     }
     summary.heads = verifier.heads();
-    summary.closed_writers = summary.heads.iter().filter(|head| verifier.closed_at(&head.writer).is_some()).count();
+    summary.closed_writers = summary
+        .heads
+        .iter()
+        .filter(|head| verifier.closed_at(&head.writer).is_some())
+        .count();
     Ok(summary)
 }
 
@@ -439,23 +510,34 @@ fn explain(
     seen: &HashMap<(WriterId, u64), Seen>,
 ) -> VerifyFailureKind {
     let writer = record.writer();
-    let later = |seq: u64| seen.get(&(writer, seq)).is_some_and(|at| at.ordinal > ordinal);
+    let later = |seq: u64| {
+        seen.get(&(writer, seq))
+            .is_some_and(|at| at.ordinal > ordinal)
+    };
     match error {
         VerifyError::Gap { ref missing, .. } if later(missing.start) => {
-            VerifyFailureKind::Record(VerifyError::Reordered { writer, seq: record.seq(), expected: missing.start })
+            VerifyFailureKind::Record(VerifyError::Reordered {
+                writer,
+                seq: record.seq(),
+                expected: missing.start,
+            })
         }
         VerifyError::UnknownWriter { seq, .. } if seq > 0 && later(0) => {
-            VerifyFailureKind::Record(VerifyError::Reordered { writer, seq, expected: 0 })
+            VerifyFailureKind::Record(VerifyError::Reordered {
+                writer,
+                seq,
+                expected: 0,
+            })
         }
-        VerifyError::Fork { ref conflicting, .. } => {
-            match seen.get(&(writer, record.seq())).and_then(read_seen) {
-                Some(first) => VerifyFailureKind::Fork(Box::new(ForkEvidence {
-                    first: first.signed_header(),
-                    second: (**conflicting).clone(),
-                })),
-                None => VerifyFailureKind::Record(error),
-            }
-        }
+        VerifyError::Fork {
+            ref conflicting, ..
+        } => match seen.get(&(writer, record.seq())).and_then(read_seen) {
+            Some(first) => VerifyFailureKind::Fork(Box::new(ForkEvidence {
+                first: first.signed_header(),
+                second: (**conflicting).clone(),
+            })),
+            None => VerifyFailureKind::Record(error),
+        },
         other => VerifyFailureKind::Record(other),
     }
 }

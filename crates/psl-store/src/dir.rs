@@ -29,7 +29,9 @@ use psl_capsule::{
 use crate::error::{StoreError, io};
 use crate::frame::{self, ScanEnd};
 use crate::segment::{self, SEGMENT_BYTES_TARGET, SEGMENT_HEADER_BYTES};
-use crate::{APPEND_BYTES_MAX, AppendReport, Durability, READ_BYTES_MAX, READ_RECORDS_MAX, RecordStore};
+use crate::{
+    APPEND_BYTES_MAX, AppendReport, Durability, READ_BYTES_MAX, READ_RECORDS_MAX, RecordStore,
+};
 
 /// Records verified per signature batch when a store is opened.
 const OPEN_VERIFY_BATCH_RECORDS: usize = 1024;
@@ -46,7 +48,9 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { segment_bytes_target: SEGMENT_BYTES_TARGET }
+        StoreOptions {
+            segment_bytes_target: SEGMENT_BYTES_TARGET,
+        }
     }
 }
 
@@ -141,16 +145,26 @@ impl DirStore {
 
     /// Opens an existing store: checks and indexes every segment, re-verifies every record
     /// (hash, certificate, signature, chain), cuts a torn tail, and reports damage.
-    pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<(Self, OpenReport), StoreError> {
+    pub fn open(
+        dir: impl AsRef<Path>,
+        options: StoreOptions,
+    ) -> Result<(Self, OpenReport), StoreError> {
         let dir = dir.as_ref();
         let lock = lock_dir(dir)?;
         Self::load(dir, lock, options)
     }
 
-    fn load(dir: &Path, lock: File, options: StoreOptions) -> Result<(Self, OpenReport), StoreError> {
+    fn load(
+        dir: &Path,
+        lock: File,
+        options: StoreOptions,
+    ) -> Result<(Self, OpenReport), StoreError> {
         let metadata = segment::read_metadata(dir)?;
         let capsule = metadata.id();
-        let limits = VerifierLimits { hash_window: 1, writers_max: STORE_WRITERS_MAX };
+        let limits = VerifierLimits {
+            hash_window: 1,
+            writers_max: STORE_WRITERS_MAX,
+        };
         let mut inner = Inner {
             verifier: CapsuleVerifier::with_limits(metadata.clone(), limits),
             writers: HashMap::new(),
@@ -183,11 +197,23 @@ impl DirStore {
                     });
                 }
                 ScanEnd::Corrupt { offset, detail } => {
-                    return Err(StoreError::Corruption { path, offset, detail });
+                    return Err(StoreError::Corruption {
+                        path,
+                        offset,
+                        detail,
+                    });
                 }
             }
-            let file = OpenOptions::new().append(true).read(true).open(&path).map_err(io("open", &path))?;
-            inner.segments.push(Segment { path, file: Arc::new(file), len });
+            let file = OpenOptions::new()
+                .append(true)
+                .read(true)
+                .open(&path)
+                .map_err(io("open", &path))?;
+            inner.segments.push(Segment {
+                path,
+                file: Arc::new(file),
+                len,
+            });
         }
         if inner.segments.is_empty() {
             let file = segment::create_segment(dir, &capsule, 1)?;
@@ -198,7 +224,9 @@ impl DirStore {
             });
         }
         let options = StoreOptions {
-            segment_bytes_target: options.segment_bytes_target.clamp(4096, SEGMENT_BYTES_TARGET),
+            segment_bytes_target: options
+                .segment_bytes_target
+                .clamp(4096, SEGMENT_BYTES_TARGET),
         };
         let store = DirStore {
             dir: dir.to_path_buf(),
@@ -206,7 +234,10 @@ impl DirStore {
             options,
             _lock: lock,
             inner: Mutex::new(inner),
-            sync: Mutex::new(SyncState { synced_lsn: 0, in_progress: false }),
+            sync: Mutex::new(SyncState {
+                synced_lsn: 0,
+                in_progress: false,
+            }),
             synced: Condvar::new(),
             poisoned: AtomicBool::new(false),
         };
@@ -221,7 +252,11 @@ impl DirStore {
     /// Number of records stored.
     pub fn record_count(&self) -> u64 {
         let inner = self.inner.lock();
-        inner.writers.values().map(|entries| entries.len() as u64).sum()
+        inner
+            .writers
+            .values()
+            .map(|entries| entries.len() as u64)
+            .sum()
     }
 
     /// Number of segment files.
@@ -260,8 +295,19 @@ impl DirStore {
         for (index, record) in records.iter().enumerate() {
             let (writer, seq) = (record.writer(), record.seq());
             if record.capsule() != self.metadata.id() {
-                let source = VerifyError::WrongCapsule { writer, seq, found: record.capsule() };
-                note(StoreError::Rejected { index, appended: 0, source }, &mut first_error);
+                let source = VerifyError::WrongCapsule {
+                    writer,
+                    seq,
+                    found: record.capsule(),
+                };
+                note(
+                    StoreError::Rejected {
+                        index,
+                        appended: 0,
+                        source,
+                    },
+                    &mut first_error,
+                );
                 continue;
             }
             let stored = inner
@@ -280,7 +326,10 @@ impl DirStore {
                 None => candidates.push((index, record.clone())),
             }
         }
-        let batch: Vec<SealedRecord> = candidates.iter().map(|(_, record)| record.clone()).collect();
+        let batch: Vec<SealedRecord> = candidates
+            .iter()
+            .map(|(_, record)| record.clone())
+            .collect();
         let results = inner.verifier.verify_batch(&batch, Validity::Ignore);
         let mut buffer = Vec::new();
         let mut accepted: Vec<(SealedRecord, u64, u32)> = Vec::new();
@@ -289,14 +338,23 @@ impl DirStore {
                 Ok(Verdict::Accepted(_)) => {
                     let offset = u64::try_from(buffer.len()).unwrap_or(u64::MAX);
                     frame::encode_frame(record.as_bytes(), &mut buffer);
-                    let frame_len = u64::try_from(buffer.len()).unwrap_or(u64::MAX).saturating_sub(offset);
+                    let frame_len = u64::try_from(buffer.len())
+                        .unwrap_or(u64::MAX)
+                        .saturating_sub(offset);
                     accepted.push((record, offset, u32::try_from(frame_len).unwrap_or(u32::MAX)));
                 }
                 Ok(Verdict::Duplicate { .. }) => {
                     report.duplicates = report.duplicates.saturating_add(1);
                 }
                 Err(source) => {
-                    note(StoreError::Rejected { index, appended: 0, source }, &mut first_error);
+                    note(
+                        StoreError::Rejected {
+                            index,
+                            appended: 0,
+                            source,
+                        },
+                        &mut first_error,
+                    );
                 }
             }
         }
@@ -308,11 +366,21 @@ impl DirStore {
         Ok((report, inner.written_lsn, active_file, first_error))
     }
 
-    fn fork_or_invalid(&self, inner: &Inner, index: usize, entry: Entry, record: &SealedRecord) -> StoreError {
+    fn fork_or_invalid(
+        &self,
+        inner: &Inner,
+        index: usize,
+        entry: Entry,
+        record: &SealedRecord,
+    ) -> StoreError {
         let (writer, seq) = (record.writer(), record.seq());
         let Some(certificate) = inner.verifier.certificate(&writer) else {
             let source = VerifyError::UnknownWriter { writer, seq };
-            return StoreError::Rejected { index, appended: 0, source };
+            return StoreError::Rejected {
+                index,
+                appended: 0,
+                source,
+            };
         };
         let conflicting = record.signed_header();
         if !conflicting.check(&certificate.writer_public_key) {
@@ -321,12 +389,19 @@ impl DirStore {
             } else {
                 VerifyError::BadHash { writer, seq }
             };
-            return StoreError::Rejected { index, appended: 0, source };
+            return StoreError::Rejected {
+                index,
+                appended: 0,
+                source,
+            };
         }
         match read_entry(&inner.segments, entry) {
             Ok(existing) => StoreError::Fork {
                 index,
-                evidence: Box::new(ForkEvidence { first: existing.signed_header(), second: conflicting }),
+                evidence: Box::new(ForkEvidence {
+                    first: existing.signed_header(),
+                    second: conflicting,
+                }),
             },
             Err(error) => error,
         }
@@ -356,13 +431,21 @@ impl DirStore {
         let base = segment.len;
         if let Err(error) = (&*segment.file).write_all(buffer) {
             let path = segment.path.clone();
-            return self.poison(StoreError::Io { op: "append", path, source: error });
+            return self.poison(StoreError::Io {
+                op: "append",
+                path,
+                source: error,
+            });
         }
         if durability == Durability::Always
             && let Err(error) = segment.file.sync_data()
         {
             let path = segment.path.clone();
-            return self.poison(StoreError::Io { op: "fdatasync", path, source: error });
+            return self.poison(StoreError::Io {
+                op: "fdatasync",
+                path,
+                source: error,
+            });
         }
         segment.len = base.saturating_add(buffer_len);
         let file = Arc::clone(&segment.file);
@@ -373,7 +456,11 @@ impl DirStore {
                 frame_len: *frame_len,
                 hash: record.stored_hash(),
             };
-            inner.writers.entry(record.writer()).or_default().push(entry);
+            inner
+                .writers
+                .entry(record.writer())
+                .or_default()
+                .push(entry);
         }
         inner.written_lsn = inner.written_lsn.saturating_add(buffer_len);
         Ok(file)
@@ -384,9 +471,15 @@ impl DirStore {
         let current = active(inner)?;
         if let Err(error) = current.file.sync_data() {
             let path = current.path.clone();
-            return self.poison(StoreError::Io { op: "fdatasync", path, source: error });
+            return self.poison(StoreError::Io {
+                op: "fdatasync",
+                path,
+                source: error,
+            });
         }
-        let index = u64::try_from(inner.segments.len()).unwrap_or(u64::MAX).saturating_add(1);
+        let index = u64::try_from(inner.segments.len())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
         let file = match segment::create_segment(&self.dir, &self.metadata.id(), index) {
             Ok(file) => file,
             Err(error) => return self.poison(error),
@@ -416,14 +509,22 @@ impl DirStore {
             let (target, file, path) = {
                 let inner = self.inner.lock();
                 let segment = active(&inner)?;
-                (inner.written_lsn, Arc::clone(&segment.file), segment.path.clone())
+                (
+                    inner.written_lsn,
+                    Arc::clone(&segment.file),
+                    segment.path.clone(),
+                )
             };
             let result = file.sync_data();
             state = self.sync.lock();
             state.in_progress = false;
             if let Err(source) = result {
                 drop(state);
-                return self.poison(StoreError::Io { op: "fdatasync", path, source });
+                return self.poison(StoreError::Io {
+                    op: "fdatasync",
+                    path,
+                    source,
+                });
             }
             state.synced_lsn = state.synced_lsn.max(target);
             self.synced.notify_all();
@@ -447,7 +548,10 @@ fn active_mut(inner: &mut Inner) -> Result<&mut Segment, StoreError> {
 }
 
 fn truncate(path: &Path, offset: u64) -> Result<(), StoreError> {
-    let file = OpenOptions::new().write(true).open(path).map_err(io("open", path))?;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io("open", path))?;
     file.set_len(offset).map_err(io("truncate", path))?;
     file.sync_all().map_err(io("fsync", path))
 }
@@ -461,7 +565,8 @@ fn index_scanned(
     frames: &[frame::ScannedFrame],
 ) -> Result<(), StoreError> {
     for chunk in frames.chunks(OPEN_VERIFY_BATCH_RECORDS) {
-        let records: Vec<SealedRecord> = chunk.iter().map(|scanned| scanned.record.clone()).collect();
+        let records: Vec<SealedRecord> =
+            chunk.iter().map(|scanned| scanned.record.clone()).collect();
         let results = inner.verifier.verify_batch(&records, Validity::Ignore);
         for (scanned, result) in chunk.iter().zip(results) {
             let corruption = |detail: String| StoreError::Corruption {
@@ -473,16 +578,22 @@ fn index_scanned(
             match result {
                 Ok(Verdict::Accepted(_)) => {}
                 Ok(Verdict::Duplicate { writer, seq }) => {
-                    return Err(corruption(format!("duplicate record writer {writer} seq {seq}")));
+                    return Err(corruption(format!(
+                        "duplicate record writer {writer} seq {seq}"
+                    )));
                 }
                 Err(error) => return Err(corruption(format!("record does not verify: {error}"))),
             }
-            inner.writers.entry(record.writer()).or_default().push(Entry {
-                segment: segment_id,
-                offset: scanned.offset,
-                frame_len: scanned.frame_len,
-                hash: record.stored_hash(),
-            });
+            inner
+                .writers
+                .entry(record.writer())
+                .or_default()
+                .push(Entry {
+                    segment: segment_id,
+                    offset: scanned.offset,
+                    frame_len: scanned.frame_len,
+                    hash: record.stored_hash(),
+                });
         }
     }
     Ok(())
@@ -497,7 +608,8 @@ fn read_entry(segments: &[Segment], entry: Entry) -> Result<SealedRecord, StoreE
 
 fn read_at(file: &File, path: &Path, entry: Entry) -> Result<SealedRecord, StoreError> {
     let mut buffer = vec![0u8; usize::try_from(entry.frame_len).unwrap_or(0)];
-    file.read_exact_at(&mut buffer, entry.offset).map_err(io("read", path))?;
+    file.read_exact_at(&mut buffer, entry.offset)
+        .map_err(io("read", path))?;
     let corruption = |detail: String| StoreError::Corruption {
         path: path.to_path_buf(),
         offset: entry.offset,
@@ -507,7 +619,9 @@ fn read_at(file: &File, path: &Path, entry: Entry) -> Result<SealedRecord, Store
     let record = SealedRecord::decode(raw.record).map_err(|error| corruption(error.to_string()))?;
     // Pair assertion: what we read back is what we indexed and verified.
     if record.stored_hash() != entry.hash || record.compute_hash() != entry.hash {
-        return Err(corruption("record changed on disk since it was verified".into()));
+        return Err(corruption(
+            "record changed on disk since it was verified".into(),
+        ));
     }
     Ok(record)
 }
@@ -517,11 +631,20 @@ impl RecordStore for DirStore {
         &self.metadata
     }
 
-    fn append(&self, records: &[SealedRecord], durability: Durability) -> Result<AppendReport, StoreError> {
+    fn append(
+        &self,
+        records: &[SealedRecord],
+        durability: Durability,
+    ) -> Result<AppendReport, StoreError> {
         self.check_poisoned()?;
-        let len = records.iter().fold(0usize, |sum, record| sum.saturating_add(record.len()));
+        let len = records
+            .iter()
+            .fold(0usize, |sum, record| sum.saturating_add(record.len()));
         if len > APPEND_BYTES_MAX {
-            return Err(StoreError::BatchTooLarge { len, max: APPEND_BYTES_MAX });
+            return Err(StoreError::BatchTooLarge {
+                len,
+                max: APPEND_BYTES_MAX,
+            });
         }
         let (report, lsn, _file, first_error) = {
             let mut inner = self.inner.lock();
@@ -536,20 +659,31 @@ impl RecordStore for DirStore {
         }
     }
 
-    fn read_range(&self, writer: WriterId, seqs: Range<u64>) -> Result<Vec<SealedRecord>, StoreError> {
+    fn read_range(
+        &self,
+        writer: WriterId,
+        seqs: Range<u64>,
+    ) -> Result<Vec<SealedRecord>, StoreError> {
         self.check_poisoned()?;
         let locations: Vec<(Arc<File>, PathBuf, Entry)> = {
             let inner = self.inner.lock();
             let Some(entries) = inner.writers.get(&writer) else {
                 return Ok(Vec::new());
             };
-            let start = usize::try_from(seqs.start).unwrap_or(usize::MAX).min(entries.len());
-            let end = usize::try_from(seqs.end).unwrap_or(usize::MAX).min(entries.len()).max(start);
+            let start = usize::try_from(seqs.start)
+                .unwrap_or(usize::MAX)
+                .min(entries.len());
+            let end = usize::try_from(seqs.end)
+                .unwrap_or(usize::MAX)
+                .min(entries.len())
+                .max(start);
             let mut bytes = 0usize;
             let mut out = Vec::new();
             for entry in entries.get(start..end).unwrap_or(&[]) {
                 let frame_len = usize::try_from(entry.frame_len).unwrap_or(usize::MAX);
-                if out.len() >= READ_RECORDS_MAX || (!out.is_empty() && bytes.saturating_add(frame_len) > READ_BYTES_MAX) {
+                if out.len() >= READ_RECORDS_MAX
+                    || (!out.is_empty() && bytes.saturating_add(frame_len) > READ_BYTES_MAX)
+                {
                     break;
                 }
                 bytes = bytes.saturating_add(frame_len);
@@ -559,7 +693,10 @@ impl RecordStore for DirStore {
             }
             out
         };
-        locations.iter().map(|(file, path, entry)| read_at(file, path, *entry)).collect()
+        locations
+            .iter()
+            .map(|(file, path, entry)| read_at(file, path, *entry))
+            .collect()
     }
 
     fn heads(&self) -> Result<Vec<Head>, StoreError> {
@@ -570,7 +707,11 @@ impl RecordStore for DirStore {
             .filter_map(|(writer, entries)| {
                 let last = entries.last()?;
                 let seq = u64::try_from(entries.len()).ok()?.checked_sub(1)?;
-                Some(Head { writer: *writer, seq, hash: last.hash })
+                Some(Head {
+                    writer: *writer,
+                    seq,
+                    hash: last.hash,
+                })
             })
             .collect();
         heads.sort_by_key(|head| head.writer);

@@ -52,7 +52,9 @@ pub enum StoreError {
         detail: String,
     },
     /// A record was refused. Every record of the batch that verified was still appended.
-    #[error("record {index} of the batch refused ({appended} records of the batch appended): {source}")]
+    #[error(
+        "record {index} of the batch refused ({appended} records of the batch appended): {source}"
+    )]
     Rejected {
         /// Index in the batch.
         index: usize,
@@ -83,7 +85,10 @@ pub enum StoreError {
     UnknownWriter(WriterId),
 }
 
-pub(crate) fn io(op: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> StoreError {
+pub(crate) fn io(
+    op: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.to_path_buf();
     move |source| StoreError::Io { op, path, source }
 }

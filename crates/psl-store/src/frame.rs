@@ -5,8 +5,8 @@
 //! bytes and the record, then the record. The CRC catches torn and damaged writes; it is not
 //! security (the record's own hash and signature are). This module does no IO.
 
-use psl_capsule::record::RECORD_BYTES_MIN;
 use psl_capsule::limits::RECORD_BYTES_MAX;
+use psl_capsule::record::RECORD_BYTES_MIN;
 use psl_capsule::{DecodeError, SealedRecord};
 
 /// Magic bytes at the start of every frame.
@@ -17,7 +17,9 @@ pub const FRAME_HEADER_BYTES: usize = 12;
 /// Appends the frame of `record` to `out`.
 pub(crate) fn encode_frame(record: &[u8], out: &mut Vec<u8>) {
     // Records are at most RECORD_BYTES_MAX (4 MiB), which fits in u32.
-    let len = u32::try_from(record.len()).unwrap_or(u32::MAX).to_le_bytes();
+    let len = u32::try_from(record.len())
+        .unwrap_or(u32::MAX)
+        .to_le_bytes();
     out.extend_from_slice(&FRAME_MAGIC);
     out.extend_from_slice(&len);
     out.extend_from_slice(&checksum(&len, record).to_le_bytes());
@@ -129,7 +131,10 @@ pub(crate) fn scan(bytes: &[u8], base_offset: u64) -> Scan {
                     position = position.saturating_add(raw.total_len);
                 }
                 Err(error) => {
-                    return Scan { frames, end: corrupt_record(offset, &error) };
+                    return Scan {
+                        frames,
+                        end: corrupt_record(offset, &error),
+                    };
                 }
             },
             Err(problem) => {
@@ -147,11 +152,17 @@ pub(crate) fn scan(bytes: &[u8], base_offset: u64) -> Scan {
             }
         }
     }
-    Scan { frames, end: ScanEnd::Clean }
+    Scan {
+        frames,
+        end: ScanEnd::Clean,
+    }
 }
 
 fn corrupt_record(offset: u64, error: &DecodeError) -> ScanEnd {
-    ScanEnd::Corrupt { offset, detail: format!("frame checksum is right but the record is malformed: {error}") }
+    ScanEnd::Corrupt {
+        offset,
+        detail: format!("frame checksum is right but the record is malformed: {error}"),
+    }
 }
 
 /// Offset (within `bytes`, after the first byte) of the first good frame, if any.
@@ -179,7 +190,10 @@ mod tests {
         let mut huge = FRAME_MAGIC.to_vec();
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         huge.extend_from_slice(&[0u8; 4]);
-        assert!(matches!(parse_frame(&huge), Err(FrameProblem::BadLength(_))));
+        assert!(matches!(
+            parse_frame(&huge),
+            Err(FrameProblem::BadLength(_))
+        ));
         let scan = scan(&[0u8; 100], 48);
         assert!(scan.frames.is_empty());
         assert!(matches!(scan.end, ScanEnd::TornTail { offset: 48, .. }));

@@ -49,6 +49,18 @@ pub use audit::{
 pub use dir::{DirStore, OpenReport, STORE_WRITERS_MAX, StoreOptions};
 pub use error::StoreError;
 pub use frame::{FRAME_HEADER_BYTES, FRAME_MAGIC};
+
+/// The frame of one record as stored in a segment (for tools, tests and fuzzing).
+pub fn encode_frame(record: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(record.len().saturating_add(FRAME_HEADER_BYTES));
+    frame::encode_frame(record, &mut out);
+    out
+}
+
+/// The 48-byte header of segment `index` of `capsule`.
+pub fn segment_header(capsule: &psl_capsule::CapsuleId, index: u64) -> Vec<u8> {
+    segment::segment_header(capsule, index)
+}
 pub use segment::{SEGMENT_BYTES_TARGET, SEGMENT_FILE_BYTES_MAX};
 
 /// Most records one `read_range` call returns.
@@ -94,8 +106,11 @@ pub trait RecordStore: Send + Sync {
 
     /// Records of `writer` with sequence numbers in `seqs`, in order: a prefix of the range
     /// limited by what exists, [`READ_RECORDS_MAX`] and [`READ_BYTES_MAX`].
-    fn read_range(&self, writer: WriterId, seqs: Range<u64>)
-    -> Result<Vec<SealedRecord>, StoreError>;
+    fn read_range(
+        &self,
+        writer: WriterId,
+        seqs: Range<u64>,
+    ) -> Result<Vec<SealedRecord>, StoreError>;
 
     /// The head of every writer, sorted by writer id.
     fn heads(&self) -> Result<Vec<Head>, StoreError>;

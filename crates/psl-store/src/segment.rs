@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use psl_capsule::{CapsuleId, CapsuleMetadata};
 
-use crate::error::{StoreError, io};
 use crate::APPEND_BYTES_MAX;
+use crate::error::{StoreError, io};
 
 /// A segment is rotated once it reaches this size, in bytes: 64 MiB.
 pub const SEGMENT_BYTES_TARGET: u64 = 64 * 1024 * 1024;
@@ -46,11 +46,15 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreErro
         let entry = entry.map_err(io("list", dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(number) = name.strip_prefix("segment-").and_then(|rest| rest.strip_suffix(".psl"))
+        let Some(number) = name
+            .strip_prefix("segment-")
+            .and_then(|rest| rest.strip_suffix(".psl"))
         else {
             continue;
         };
-        let Ok(index) = number.parse::<u64>() else { continue };
+        let Ok(index) = number.parse::<u64>() else {
+            continue;
+        };
         if found.len() >= SEGMENTS_MAX {
             return Err(StoreError::Corruption {
                 path: dir.to_path_buf(),
@@ -75,7 +79,11 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreErro
 
 /// Reads a whole segment, refusing files over [`SEGMENT_FILE_BYTES_MAX`], and checks its header.
 /// Returns the bytes after the header.
-pub(crate) fn read_segment(path: &Path, capsule: &CapsuleId, index: u64) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn read_segment(
+    path: &Path,
+    capsule: &CapsuleId,
+    index: u64,
+) -> Result<Vec<u8>, StoreError> {
     let file = File::open(path).map_err(io("open", path))?;
     let len = file.metadata().map_err(io("stat", path))?.len();
     if len > SEGMENT_FILE_BYTES_MAX {
@@ -102,7 +110,11 @@ pub(crate) fn read_segment(path: &Path, capsule: &CapsuleId, index: u64) -> Resu
 }
 
 /// Creates a segment file with its header, synced, and syncs the directory entry.
-pub(crate) fn create_segment(dir: &Path, capsule: &CapsuleId, index: u64) -> Result<File, StoreError> {
+pub(crate) fn create_segment(
+    dir: &Path,
+    capsule: &CapsuleId,
+    index: u64,
+) -> Result<File, StoreError> {
     let path = segment_path(dir, index);
     let mut file = OpenOptions::new()
         .create_new(true)
@@ -110,14 +122,17 @@ pub(crate) fn create_segment(dir: &Path, capsule: &CapsuleId, index: u64) -> Res
         .read(true)
         .open(&path)
         .map_err(io("create", &path))?;
-    file.write_all(&segment_header(capsule, index)).map_err(io("write", &path))?;
+    file.write_all(&segment_header(capsule, index))
+        .map_err(io("write", &path))?;
     file.sync_all().map_err(io("fsync", &path))?;
     sync_dir(dir)?;
     Ok(file)
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync directory", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync directory", dir))
 }
 
 /// Writes the metadata file atomically: write a temporary file, fsync, rename, fsync the dir.
@@ -125,7 +140,8 @@ pub(crate) fn write_metadata(dir: &Path, metadata: &CapsuleMetadata) -> Result<(
     let tmp = dir.join(format!("{METADATA_FILE}.tmp"));
     let path = dir.join(METADATA_FILE);
     let mut file = File::create(&tmp).map_err(io("create", &tmp))?;
-    file.write_all(&metadata.encode()).map_err(io("write", &tmp))?;
+    file.write_all(&metadata.encode())
+        .map_err(io("write", &tmp))?;
     file.sync_all().map_err(io("fsync", &tmp))?;
     drop(file);
     std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;

@@ -37,15 +37,23 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let capsule = TestCapsule::new("crashloop", 1);
     // Small segments so rotation happens under the knife too.
-    let options = StoreOptions { segment_bytes_target: 64 * 1024 };
+    let options = StoreOptions {
+        segment_bytes_target: 64 * 1024,
+    };
     let store = match DirStore::open(dir, options.clone()) {
         Ok((store, _)) => store,
         Err(StoreError::NotAStore(_)) => DirStore::create(dir, &capsule.metadata, options)?,
         Err(error) => return Err(error.into()),
     };
     let (keys, certificate) = capsule.writer(run);
-    let (mut writer, genesis) =
-        CapsuleWriter::start(&capsule.metadata, &capsule.data_key, keys, &certificate, 1, &[])?;
+    let (mut writer, genesis) = CapsuleWriter::start(
+        &capsule.metadata,
+        &capsule.data_key,
+        keys,
+        &certificate,
+        1,
+        &[],
+    )?;
     let mut stdout = std::io::stdout().lock();
     store.append(std::slice::from_ref(&genesis), durability)?;
     writeln!(stdout, "ack {} 0", genesis.writer().to_hex())?;
