@@ -96,7 +96,7 @@ fn bench_seal(capsule: &TestCapsule, quick: bool) -> Vec<Value> {
             );
             rows.push(json!({
                 "updates_per_record": per_record, "pool_threads": threads,
-                "records_per_s": records_per_s.round(), "updates_per_s": (records_per_s * per_record as f64).round(),
+                "records_per_s": records_per_s.round() as u64, "updates_per_s": (records_per_s * per_record as f64).round() as u64,
                 "payload_mb_per_s": (mb_per_s * 10.0).round() / 10.0, "records": records,
             }));
         }
@@ -141,7 +141,7 @@ fn bench_verify(capsule: &TestCapsule, quick: bool) -> Vec<Value> {
             eprintln!(
                 "verify {per_record:>4} updates/record, {mode:>6}: {records_per_s:>10.0} records/s"
             );
-            rows.push(json!({"updates_per_record": per_record, "mode": mode, "records_per_s": records_per_s.round()}));
+            rows.push(json!({"updates_per_record": per_record, "mode": mode, "records_per_s": records_per_s.round() as u64}));
         }
     }
     rows
@@ -217,7 +217,7 @@ fn bench_append(capsule: &TestCapsule, dir: &std::path::Path, quick: bool) -> Ve
         rows.push(json!({
             "policy": name, "concurrent_appenders": appenders, "appends": appenders * per_appender,
             "records_per_append": 1, "p50_us": us(0.5), "p99_us": us(0.99), "max_us": us(1.0),
-            "appends_per_s": appends_per_s.round(),
+            "appends_per_s": appends_per_s.round() as u64,
         }));
         drop(store);
         let _ = std::fs::remove_dir_all(&path);
@@ -291,7 +291,7 @@ fn print_markdown(result: &Value) {
     println!("|---|---:|---:|---:|---:|");
     for row in result["append"].as_array().into_iter().flatten() {
         println!(
-            "| {} | {} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {:.1} | {:.1} | {:.0} |",
             row["policy"].as_str().unwrap_or(""),
             row["concurrent_appenders"],
             row["p50_us"].as_f64().unwrap_or(0.0),
