@@ -4,9 +4,10 @@
 //! Why this split: a record's header carries the previous record's hash, and the header is the
 //! AEAD associated data, so encrypting and hashing one writer's records is inherently serial.
 //! Signing depends only on the record's own hash, so it is what runs in parallel. A call to
-//! [`CryptoPool::seal_batch`] prepares record *i* on the calling thread while pool threads sign
-//! records *< i*, and returns the sealed records in order. Several writers may share one pool
-//! from several threads; their batches interleave on the pool.
+//! [`CryptoPool::seal_batch`] prepares the batch on the calling thread, then splits the
+//! signatures into one chunk per pool thread plus one the caller signs itself, and returns the
+//! sealed records in order. Several writers may share one pool from several threads; their
+//! chunks interleave on the pool.
 //!
 //! The queue is bounded ([`CryptoPool::new`]'s `queue_depth`), so a fast producer blocks instead
 //! of growing memory. The pool never touches the data key; jobs hold only the writer key pair.
@@ -113,9 +114,9 @@ impl CryptoPool {
     }
 
     /// Seals `requests` as consecutive records of `writer`, in order. Encryption and hashing run
-    /// on the calling thread (they are chained); signatures run on the pool, overlapped with the
-    /// preparation of the following records. On error, records already prepared have advanced
-    /// the writer; the error names the first request that failed, and nothing is returned.
+    /// on the calling thread (they are chained); then the signatures are split into one chunk
+    /// per pool thread plus one that the calling thread signs itself. On error, records already
+    /// prepared have advanced the writer; nothing is returned and the error names the failure.
     pub fn seal_batch(
         &self,
         writer: &mut CapsuleWriter,
@@ -128,48 +129,53 @@ impl CryptoPool {
             });
         }
         let keys = writer.signer();
+        let mut prepared = requests
+            .iter()
+            .map(|request| prepare(writer, request))
+            .collect::<Result<Vec<_>, _>>()?;
         let Some(sender) = &self.sender else {
-            return requests
-                .iter()
-                .map(|request| Ok(prepare(writer, request)?.sign(&keys)))
-                .collect();
+            return Ok(prepared
+                .into_iter()
+                .map(|record| record.sign(&keys))
+                .collect());
         };
-        let (reply_tx, reply_rx) = mpsc::channel::<(usize, SealedRecord)>();
-        let mut submitted = 0usize;
-        let mut failure = None;
-        for (index, request) in requests.iter().enumerate() {
-            match prepare(writer, request) {
-                Ok(prepared) => {
-                    let job = sign_job(index, prepared, Arc::clone(&keys), reply_tx.clone());
-                    if sender.send(job).is_err() {
-                        failure = Some(SealError::PoolUnavailable);
-                        break;
-                    }
-                    submitted = submitted.saturating_add(1);
-                }
-                Err(error) => {
-                    failure = Some(error);
-                    break;
-                }
+        // One chunk per pool thread and one for the caller; tiny batches are signed inline.
+        let parts = self.threads.len().saturating_add(1);
+        let chunk_len = prepared.len().div_ceil(parts).max(SIGN_CHUNK_RECORDS_MIN);
+        let (reply_tx, reply_rx) = mpsc::channel::<(usize, Vec<SealedRecord>)>();
+        let mut chunks: Vec<Vec<PreparedRecord>> = Vec::new();
+        while prepared.len() > chunk_len {
+            let tail = prepared.split_off(chunk_len);
+            chunks.push(std::mem::replace(&mut prepared, tail));
+        }
+        let own = prepared;
+        let submitted = chunks.len();
+        for (index, chunk) in chunks.into_iter().enumerate() {
+            let job = sign_job(index, chunk, Arc::clone(&keys), reply_tx.clone());
+            if sender.send(job).is_err() {
+                return Err(SealError::PoolUnavailable);
             }
         }
         drop(reply_tx);
-        let mut slots: Vec<Option<SealedRecord>> = vec![None; submitted];
+        let own: Vec<SealedRecord> = own.into_iter().map(|record| record.sign(&keys)).collect();
+        let mut slots: Vec<Vec<SealedRecord>> = vec![Vec::new(); submitted];
         for _ in 0..submitted {
-            let (index, record) = reply_rx.recv().map_err(|_| SealError::PoolUnavailable)?;
+            let (index, records) = reply_rx.recv().map_err(|_| SealError::PoolUnavailable)?;
             if let Some(slot) = slots.get_mut(index) {
-                *slot = Some(record);
+                *slot = records;
             }
         }
-        if let Some(error) = failure {
-            return Err(error);
+        let mut out: Vec<SealedRecord> = slots.into_iter().flatten().collect();
+        out.extend(own);
+        if out.len() != requests.len() {
+            return Err(SealError::PoolUnavailable);
         }
-        slots
-            .into_iter()
-            .map(|slot| slot.ok_or(SealError::PoolUnavailable))
-            .collect()
+        Ok(out)
     }
 }
+
+/// Below this many records per chunk, handing work to another thread costs more than it saves.
+const SIGN_CHUNK_RECORDS_MIN: usize = 4;
 
 fn prepare(writer: &mut CapsuleWriter, request: &SealRequest) -> Result<PreparedRecord, SealError> {
     match &request.body {
@@ -188,12 +194,12 @@ fn prepare(writer: &mut CapsuleWriter, request: &SealRequest) -> Result<Prepared
 
 fn sign_job(
     index: usize,
-    prepared: PreparedRecord,
+    prepared: Vec<PreparedRecord>,
     keys: Arc<WriterKeyPair>,
-    reply: mpsc::Sender<(usize, SealedRecord)>,
+    reply: mpsc::Sender<(usize, Vec<SealedRecord>)>,
 ) -> Job {
     Box::new(move || {
-        let record = prepared.sign(&keys);
+        let record: Vec<SealedRecord> = prepared.into_iter().map(|p| p.sign(&keys)).collect();
         // The caller may have gone away after an error; dropping the result is then correct.
         let _ = reply.send((index, record));
     })
