@@ -187,6 +187,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreData>) -> wasmtime::Result<
         "kv_get",
         |mut c: Caller<'_, StoreData>, kp: i32, kl: i32, vp: i32, vc: i32| -> wasmtime::Result<i64> {
             call(&mut c, "kv_get", |mem, host| {
+                // Check the output buffer even when the key turns out to be missing.
+                guest_range(mem.len(), "kv_get", vp, vc)?;
                 let value = host.get(slice(mem, "kv_get", kp, kl)?)?;
                 match value {
                     None => Ok(i64::from(code::NOT_FOUND)),
@@ -224,6 +226,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreData>) -> wasmtime::Result<
         "kv_scan",
         |mut c: Caller<'_, StoreData>, pp: i32, pl: i32, limit: i32, op: i32, oc: i32| {
             call(&mut c, "kv_scan", |mem, host| -> HostResult<i64> {
+                guest_range(mem.len(), "kv_scan", op, oc)?;
                 let limit = usize::try_from(limit).map_err(|_| InvokeError::BadArgument {
                     call: "kv_scan",
                     why: "negative limit",

@@ -7,10 +7,12 @@
 //! time (this module's [`instrument`]) so that each function entry and each loop header runs
 //!
 //! ```wat
-//! (if (i32.load $psl_deadline (i32.const 0)) (then unreachable))
+//! (if (i32.atomic.load $psl_deadline (i32.const 0)) (then unreachable))
 //! ```
 //!
-//! a load, a compare and a never-taken branch to a trap: no call, so nothing is spilled.
+//! a load, a compare and a never-taken branch to a trap: no call, so nothing is spilled. The
+//! load is atomic so the compiler can neither merge nor hoist it (a plain load would be
+//! eliminated as redundant inside store-free loops).
 //! `$psl_deadline` is a one-page *shared* memory that the module imports as memory 0 (every
 //! memory index of the original module moves up by one, so the guest's own code cannot name
 //! it). The host creates one per instance slot ([`Flag`]), and a timer thread ([`Timer`]) sets its first word
@@ -25,8 +27,7 @@
 //!   after the rewrite, and the rewrite refuses modules that import memories or use shared
 //!   memories or atomics of their own (validation runs without the threads feature).
 //! * Shared memories are the wasmtime-sanctioned way for a host thread to write memory that a
-//!   running guest reads; the host writes with an atomic store, the guest with a plain load,
-//!   which WebAssembly defines (no undefined behaviour on either side).
+//!   running guest reads; both sides access the flag with atomic operations.
 //! * The flag is reset before a slot is reused, and a timer entry is removed under the timer's
 //!   lock before the invocation returns, so a late timer cannot stop the next invocation.
 
@@ -78,7 +79,10 @@ impl Rewriter {
 fn emit_check(function: &mut wasm_encoder::Function) {
     let flag = MemArg { offset: 0, align: 2, memory_index: 0 };
     function.instruction(&Instruction::I32Const(0));
-    function.instruction(&Instruction::I32Load(flag));
+    // An atomic load: a plain load would be merged by Cranelift's redundant-load elimination
+    // with the entry check (no store in between), i.e. hoisted out of the loop. On x86-64 an
+    // atomic (sequentially consistent) load is still a plain `mov`.
+    function.instruction(&Instruction::I32AtomicLoad(flag));
     function.instruction(&Instruction::If(wasm_encoder::BlockType::Empty));
     function.instruction(&Instruction::Unreachable);
     function.instruction(&Instruction::End);

@@ -103,7 +103,10 @@ fn check_import(module: &str, name: &str, ty: &TypeRef) -> Result<(), DeployErro
 }
 
 /// Validates a module and checks it against the limits. Never panics on any input.
-pub fn inspect(wasm: &[u8], limits: &ModuleLimits) -> Result<ModuleInfo, DeployError> {
+///
+/// `memory_bytes_max` is the invocation memory limit: a module whose initial memory is larger
+/// could never run, so it is refused here.
+pub fn inspect(wasm: &[u8], limits: &ModuleLimits, memory_bytes_max: u64) -> Result<ModuleInfo, DeployError> {
     if wasm.len() > limits.module_bytes_max {
         return Err(DeployError::TooLarge { bytes: wasm.len(), max: limits.module_bytes_max });
     }
@@ -126,6 +129,13 @@ pub fn inspect(wasm: &[u8], limits: &ModuleLimits) -> Result<ModuleInfo, DeployE
                 shape("imports", n, u64::from(limits.imports_max))?;
             }
             Payload::FunctionSection(section) => functions += u64::from(section.count()),
+            Payload::MemorySection(section) => {
+                for memory in section {
+                    let memory = memory.map_err(|e| DeployError::Malformed(e.to_string()))?;
+                    let bytes = memory.initial.saturating_mul(1 << memory.page_size_log2.unwrap_or(16));
+                    shape("initial memory bytes", bytes, memory_bytes_max)?;
+                }
+            }
             Payload::TableSection(section) => {
                 for table in section {
                     let table = table.map_err(|e| DeployError::Malformed(e.to_string()))?;
@@ -178,42 +188,44 @@ pub fn inspect(wasm: &[u8], limits: &ModuleLimits) -> Result<ModuleInfo, DeployE
 mod tests {
     use super::*;
 
+    const MEM: u64 = 1 << 30;
+
     fn wat(text: &str) -> Vec<u8> {
         wat::parse_str(text).unwrap()
     }
 
     #[test]
     fn refuses_garbage_with_a_reason() {
-        let err = inspect(b"\0asm\x02\0\0\0junk", &ModuleLimits::default()).unwrap_err();
+        let err = inspect(b"\0asm\x02\0\0\0junk", &ModuleLimits::default(), MEM).unwrap_err();
         assert!(matches!(err, DeployError::Malformed(_)), "{err}");
-        let err = inspect(b"", &ModuleLimits::default()).unwrap_err();
+        let err = inspect(b"", &ModuleLimits::default(), MEM).unwrap_err();
         assert!(matches!(err, DeployError::Malformed(_)), "{err}");
     }
 
     #[test]
     fn refuses_unknown_imports_and_memory_imports() {
         let m = wat(r#"(module (import "env" "f" (func)) (func (export "_start")))"#);
-        assert!(matches!(inspect(&m, &ModuleLimits::default()), Err(DeployError::ForbiddenImport { .. })));
+        assert!(matches!(inspect(&m, &ModuleLimits::default(), MEM), Err(DeployError::ForbiddenImport { .. })));
         let m = wat(r#"(module (import "psl" "deadline" (memory 1)) (func (export "_start")))"#);
-        assert!(matches!(inspect(&m, &ModuleLimits::default()), Err(DeployError::ForbiddenImport { .. })));
+        assert!(matches!(inspect(&m, &ModuleLimits::default(), MEM), Err(DeployError::ForbiddenImport { .. })));
         let m = wat(r#"(module (import "psl" "nope" (func)) (func (export "_start")))"#);
-        assert!(matches!(inspect(&m, &ModuleLimits::default()), Err(DeployError::ForbiddenImport { .. })));
+        assert!(matches!(inspect(&m, &ModuleLimits::default(), MEM), Err(DeployError::ForbiddenImport { .. })));
     }
 
     #[test]
     fn refuses_shared_memory_and_missing_entry() {
         let m = wat(r#"(module (memory 1 1 shared) (func (export "_start")))"#);
-        assert!(matches!(inspect(&m, &ModuleLimits::default()), Err(DeployError::Malformed(_))));
+        assert!(matches!(inspect(&m, &ModuleLimits::default(), MEM), Err(DeployError::Malformed(_))));
         let m = wat(r#"(module (func (export "main")))"#);
-        assert!(matches!(inspect(&m, &ModuleLimits::default()), Err(DeployError::NoEntryPoint)));
+        assert!(matches!(inspect(&m, &ModuleLimits::default(), MEM), Err(DeployError::NoEntryPoint)));
     }
 
     #[test]
     fn enforces_shape_limits() {
         let limits = ModuleLimits { function_locals_max: 10, ..ModuleLimits::default() };
         let m = wat(r#"(module (func (export "_start") (local i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32)))"#);
-        assert!(matches!(inspect(&m, &limits), Err(DeployError::Shape { what: "function locals", .. })));
+        assert!(matches!(inspect(&m, &limits, MEM), Err(DeployError::Shape { what: "function locals", .. })));
         let limits = ModuleLimits { module_bytes_max: 8, ..ModuleLimits::default() };
-        assert!(matches!(inspect(&m, &limits), Err(DeployError::TooLarge { .. })));
+        assert!(matches!(inspect(&m, &limits, MEM), Err(DeployError::TooLarge { .. })));
     }
 }

@@ -341,7 +341,8 @@ impl Runtime {
 
     /// Checks, rewrites, compiles (or loads from the cache) and registers a module.
     pub fn deploy(&self, wasm: &[u8]) -> Result<Arc<Function>, DeployError> {
-        let info = module::inspect(wasm, &self.config.limits.module)?;
+        let memory_max = self.config.limits.invocation.memory_bytes_max as u64;
+        let info = module::inspect(wasm, &self.config.limits.module, memory_max)?;
         if let Some(function) = self.function(&info.id) {
             return Ok(function);
         }
