@@ -1,7 +1,8 @@
-//! Markdown rendering of a kernel [`Report`]: a table of ratios to native, a table of median
-//! times, the geometric means, and the failures.
+//! Markdown rendering of a kernel [`Report`]: ratios to native, ratios to plain Cranelift on
+//! the same module (interruption cost, interpreter gap), median times, compile times, failures.
 
 use super::Report;
+use super::engines::ModuleKind;
 use std::fmt::Write as _;
 
 fn ratio(r: Option<f64>) -> String {
@@ -75,6 +76,8 @@ pub fn markdown(report: &Report) -> String {
     }
     out.push_str("\n\n");
 
+    relative_to_plain(report, &mut out);
+
     // Medians.
     let _ = writeln!(out, "Median time in milliseconds:\n");
     let _ = write!(out, "| kernel |");
@@ -124,4 +127,73 @@ pub fn markdown(report: &Report) -> String {
         }
     }
     out
+}
+
+/// The plain-Cranelift engine that others on the same module are compared with.
+fn plain_engine(module: ModuleKind) -> Option<&'static str> {
+    match module {
+        ModuleKind::Simd => Some("cranelift-simd"),
+        ModuleKind::Scalar => Some("cranelift-scalar"),
+        ModuleKind::Native => None,
+    }
+}
+
+/// Ratio of each wasm engine's median to plain Cranelift's on the same module build: the cost
+/// of interruption (epoch, fuel, a production deadline mechanism) and the JIT/interpreter gap.
+fn relative_to_plain(report: &Report, out: &mut String) {
+    let col = |name: &str| report.engines.iter().position(|e| e.name == name);
+    let pairs: Vec<(usize, usize)> = report
+        .engines
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let base = col(plain_engine(e.module)?)?;
+            (base != i).then_some((i, base))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    let ratio_of = |k: &super::KernelResult, (e, base): (usize, usize)| {
+        let (c, b) = (&k.cells[e], &k.cells[base]);
+        if c.error.is_some() || b.error.is_some() {
+            return None;
+        }
+        Some(c.median_ms? / b.median_ms?)
+    };
+    let _ = writeln!(
+        out,
+        "Time relative to plain Cranelift on the same module build (the cost of interruption \
+         checks, and the interpreter gap):\n"
+    );
+    let _ = write!(out, "| kernel |");
+    for &(e, base) in &pairs {
+        let _ = write!(
+            out,
+            " {} / {} |",
+            report.engines[e].name, report.engines[base].name
+        );
+    }
+    let _ = write!(out, "\n|---|");
+    for _ in &pairs {
+        let _ = write!(out, "---:|");
+    }
+    out.push('\n');
+    let mut all: Vec<Vec<f64>> = vec![Vec::new(); pairs.len()];
+    for k in &report.kernels {
+        let _ = write!(out, "| {} |", k.name);
+        for (p, &pair) in pairs.iter().enumerate() {
+            let r = ratio_of(k, pair);
+            if let Some(r) = r {
+                all[p].push(r);
+            }
+            let _ = write!(out, " {} |", ratio(r));
+        }
+        out.push('\n');
+    }
+    let _ = write!(out, "| **geomean** |");
+    for v in &all {
+        let _ = write!(out, " **{}** |", ratio(super::geomean(v)));
+    }
+    out.push_str("\n\n");
 }
