@@ -110,9 +110,12 @@ pub fn inspect(wasm: &[u8], limits: &ModuleLimits, memory_bytes_max: u64) -> Res
     if wasm.len() > limits.module_bytes_max {
         return Err(DeployError::TooLarge { bytes: wasm.len(), max: limits.module_bytes_max });
     }
+    if !wasm.starts_with(b"\0asm") {
+        return Err(DeployError::Malformed("not a WebAssembly module (no \\0asm magic header)".into()));
+    }
     Validator::new_with_features(guest_features())
         .validate_all(wasm)
-        .map_err(|e| DeployError::Malformed(e.to_string()))?;
+        .map_err(|e| DeployError::Malformed(format!("{} (at byte {:#x})", e.message(), e.offset())))?;
     let mut functions = 0u64;
     let mut data_bytes = 0u64;
     let (mut has_run, mut has_start, mut has_initialize) = (false, false, false);
