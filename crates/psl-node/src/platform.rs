@@ -76,6 +76,9 @@ impl Platform {
     pub fn deploy(&self, name: &str, wasm: &[u8]) -> Result<FunctionId, PlatformError> {
         check_name(name)?;
         let function = self.runtime.deploy(wasm)?;
+        if function.info().entry == psl_runtime::Entry::None {
+            return Err(DeployError::NoEntryPoint.into());
+        }
         let id = function.id();
         self.names.write().insert(name.to_string(), Target::Wasm(function));
         tracing::info!(function = name, module = %id.short(), "deployed");

@@ -85,11 +85,6 @@ impl ArtifactCache {
         std::fs::write(&tmp, &bytes)?;
         std::fs::rename(&tmp, &path)
     }
-
-    /// The file an entry lives in (for tests that tamper with it).
-    pub fn entry_path(&self, id: &FunctionId) -> PathBuf {
-        self.path(id)
-    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

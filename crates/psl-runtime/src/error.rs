@@ -149,6 +149,9 @@ pub enum InvokeError {
     /// Ending the invocation's state session failed (its writes may not be durable).
     #[error("state: {0}")]
     State(#[from] StateError),
+    /// The module has no entry point (`psl_run` or `_start`); it is a library of exports.
+    #[error("module exports neither `psl_run` nor `_start`")]
+    NoEntryPoint,
     /// An internal error of the runtime (a bug); the invocation failed, the worker continues.
     #[error("internal runtime error: {0}")]
     Internal(String),

@@ -59,6 +59,9 @@ pub enum Entry {
     PslRun,
     /// A WASI command's `_start`.
     Start,
+    /// No entry point: a library of exports (callable only through
+    /// [`crate::Runtime::call_export_f64`], e.g. by benchmarks).
+    None,
 }
 
 /// What the checks learned about a module.
@@ -182,7 +185,7 @@ pub fn inspect(wasm: &[u8], limits: &ModuleLimits, memory_bytes_max: u64) -> Res
     let entry = match (has_run, has_start) {
         (true, _) => Entry::PslRun,
         (false, true) => Entry::Start,
-        (false, false) => return Err(DeployError::NoEntryPoint),
+        (false, false) => Entry::None,
     };
     Ok(ModuleInfo { id: FunctionId::of(wasm), entry, has_initialize, bytes: wasm.len() })
 }
@@ -220,7 +223,7 @@ mod tests {
         let m = wat(r#"(module (memory 1 1 shared) (func (export "_start")))"#);
         assert!(matches!(inspect(&m, &ModuleLimits::default(), MEM), Err(DeployError::Malformed(_))));
         let m = wat(r#"(module (func (export "main")))"#);
-        assert!(matches!(inspect(&m, &ModuleLimits::default(), MEM), Err(DeployError::NoEntryPoint)));
+        assert_eq!(inspect(&m, &ModuleLimits::default(), MEM).unwrap().entry, Entry::None);
     }
 
     #[test]

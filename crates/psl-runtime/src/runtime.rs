@@ -423,6 +423,31 @@ impl Runtime {
 
     /// Runs a deployed function on `input` with `session` as its state.
     pub fn invoke(&self, function: &Function, input: Vec<u8>, session: Box<dyn Session>) -> Outcome {
+        self.execute(function, input, session, |store, instance| call_entry(store, instance, function.info.entry))
+    }
+
+    /// Calls an export of type `(i32) -> f64` under exactly the production limits and deadline
+    /// (used by the compute benchmark); returns its result and the time of the call alone.
+    pub fn call_export_f64(&self, function: &Function, export: &str, arg: i32) -> Result<(f64, Duration), InvokeError> {
+        let mut result = None;
+        let outcome = self.execute(function, Vec::new(), Box::new(crate::native::NoState), |store, instance| {
+            let f = instance.get_typed_func::<i32, f64>(&mut *store, export)?;
+            let started = Instant::now();
+            let value = f.call(&mut *store, arg)?;
+            result = Some((value, started.elapsed()));
+            Ok(None)
+        });
+        outcome.result?;
+        result.ok_or_else(|| InvokeError::Internal("export returned no value".into()))
+    }
+
+    fn execute(
+        &self,
+        function: &Function,
+        input: Vec<u8>,
+        session: Box<dyn Session>,
+        body: impl FnOnce(&mut Store<StoreData>, &wasmtime::Instance) -> wasmtime::Result<Option<i32>>,
+    ) -> Outcome {
         let started = Instant::now();
         let limits = &self.config.limits;
         let slot = match self.slots.acquire(limits.worker.instance_wait_max) {
@@ -454,7 +479,7 @@ impl Runtime {
         }
         let flag = self.flags.get(slot.index);
         let armed: Option<Armed<'_>> = flag.map(|flag| self.timer.arm(flag, started + budget));
-        let run = self.run(&mut store, function, slot.index);
+        let run = self.instantiate(&mut store, function, slot.index).and_then(|instance| body(&mut store, &instance));
         drop(armed);
         let fired = flag.is_some_and(Flag::is_set);
         if let Some(flag) = flag {
@@ -478,7 +503,7 @@ impl Runtime {
         }
     }
 
-    fn run(&self, store: &mut Store<StoreData>, function: &Function, slot: usize) -> wasmtime::Result<Option<i32>> {
+    fn instantiate(&self, store: &mut Store<StoreData>, function: &Function, slot: usize) -> wasmtime::Result<wasmtime::Instance> {
         let pre = match function.pres.get(slot).and_then(OnceLock::get) {
             Some(pre) => pre,
             None => {
@@ -493,17 +518,7 @@ impl Runtime {
         if function.info.has_initialize {
             instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?.call(&mut *store, ())?;
         }
-        match function.info.entry {
-            Entry::PslRun => {
-                let run = instance.get_typed_func::<(), i32>(&mut *store, "psl_run")?;
-                Ok(Some(run.call(&mut *store, ())?))
-            }
-            Entry::Start => {
-                let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
-                start.call(&mut *store, ())?;
-                Ok(None)
-            }
-        }
+        Ok(instance)
     }
 
     /// Runs a native function with the same host API and limits (no deadline can interrupt
@@ -521,6 +536,24 @@ impl Runtime {
             logs,
             host_calls,
             ..empty(started)
+        }
+    }
+}
+
+fn call_entry(store: &mut Store<StoreData>, instance: &wasmtime::Instance, entry: Entry) -> wasmtime::Result<Option<i32>> {
+    match entry {
+        Entry::PslRun => {
+            let run = instance.get_typed_func::<(), i32>(&mut *store, "psl_run")?;
+            Ok(Some(run.call(&mut *store, ())?))
+        }
+        Entry::Start => {
+            let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
+            start.call(&mut *store, ())?;
+            Ok(None)
+        }
+        Entry::None => {
+            store.data_mut().host.fault = Some(InvokeError::NoEntryPoint);
+            Err(wasmtime::Error::msg("module has no entry point"))
         }
     }
 }

@@ -6,6 +6,7 @@
 //! implement [`KernelEngine`] and list it in [`standard_engines`].
 
 use anyhow::{Context, anyhow, bail};
+use psl_runtime::DeadlineMode;
 use psl_kernels::Size;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,6 +70,12 @@ pub fn standard_engines() -> Vec<EngineEntry> {
     #[allow(unused_mut, reason = "extended below when the `winch` feature is on")]
     let mut engines = vec![
         entry(Native, ModuleKind::Native),
+        // The production runtime: pooling allocator, memory caps, a 60 s deadline enforced by
+        // the flag checks (psl-runtime/src/deadline.rs).
+        entry(Psl::new("psl-simd", DeadlineMode::Flag), Simd),
+        entry(Psl::new("psl-scalar", DeadlineMode::Flag), Scalar),
+        // The same runtime with wasmtime's epoch interruption as the deadline mechanism.
+        entry(Psl::new("psl-epoch-simd", DeadlineMode::Epoch), Simd),
         entry(
             Wasmtime::new("cranelift-simd", Compiler::Cranelift, Plain),
             Simd,
@@ -109,6 +116,50 @@ pub fn standard_engines() -> Vec<EngineEntry> {
         ));
     }
     engines
+}
+
+/// The PSL production runtime (`psl-runtime`) with its limits and deadline enforcement on.
+pub struct Psl {
+    name: String,
+    mode: DeadlineMode,
+    runtime: Option<psl_runtime::Runtime>,
+    function: Option<Arc<psl_runtime::Function>>,
+}
+
+/// The deadline every PSL-engine run is under: far above any kernel's run time, so it never
+/// fires, but armed and checked exactly as in production.
+const PSL_DEADLINE: Duration = Duration::from_secs(60);
+
+impl Psl {
+    /// An unprepared runtime with the given deadline mechanism.
+    pub fn new(name: &str, mode: DeadlineMode) -> Self {
+        Self { name: name.to_owned(), mode, runtime: None, function: None }
+    }
+}
+
+impl KernelEngine for Psl {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn prepare(&mut self, wasm: &[u8]) -> anyhow::Result<()> {
+        let mut config = psl_runtime::RuntimeConfig { deadline: self.mode, ..Default::default() };
+        config.limits.invocation.execution_time_max = PSL_DEADLINE;
+        config.limits.worker.concurrent_instances_max = 4;
+        let runtime = psl_runtime::Runtime::new(config)?;
+        self.function = Some(runtime.deploy(wasm).map_err(|e| anyhow!("{}: deploy: {e}", self.name))?);
+        self.runtime = Some(runtime);
+        Ok(())
+    }
+
+    fn run(&mut self, kernel: &str, size: Size) -> anyhow::Result<(f64, Duration)> {
+        let (Some(runtime), Some(function)) = (&self.runtime, &self.function) else {
+            bail!("{}: run before prepare", self.name);
+        };
+        runtime
+            .call_export_f64(function, kernel, size.code())
+            .map_err(|e| anyhow!("{}: running {kernel}: {e}", self.name))
+    }
 }
 
 /// The kernels compiled into this binary: the reference for times and checksums.

@@ -103,7 +103,7 @@ fn total() -> Result<u64> {
 
 fn balances() -> Result<Vec<u8>> {
     let mut out = String::new();
-    for (key, value) in psl_guest::scan("bank/acct/", 100_000)? {
+    for (key, value) in psl_guest::scan("bank/acct/", 10_000)? {
         out.push_str(&format!("{} {}\n", String::from_utf8_lossy(&key), String::from_utf8_lossy(&value)));
     }
     Ok(out.into_bytes())
