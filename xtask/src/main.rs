@@ -67,6 +67,20 @@ fn build_guests() -> Result<(), String> {
         let (from, to) = (built.join(&file), out.join(&file));
         std::fs::copy(&from, &to).map_err(|e| format!("copying {}: {e}", from.display()))?;
     }
+    // The benchmark kernels, twice: with wasm SIMD (production setting) and without.
+    for (variant, flags) in [("simd", "-C target-feature=+simd128"), ("scalar", "")] {
+        let dir = target_dir.join(format!("kernels-{variant}"));
+        let mut build = cargo();
+        build
+            .current_dir(root.join("guests"))
+            .args(["build", "--release", "--target", WASM_TARGET, "-p", "psl-kernels-wasm", "--target-dir"])
+            .arg(&dir)
+            .env("RUSTFLAGS", flags);
+        run(&mut build)?;
+        let from = dir.join(WASM_TARGET).join("release").join("psl_kernels_wasm.wasm");
+        let to = out.join(format!("psl_kernels_wasm_{variant}.wasm"));
+        std::fs::copy(&from, &to).map_err(|e| format!("copying {}: {e}", from.display()))?;
+    }
     eprintln!("xtask: guest modules are in {}", out.display());
     Ok(())
 }

@@ -9,3 +9,4 @@
 //! The binary `psl-bench` is the command-line front end (`psl-bench kernels --help`).
 
 pub mod kernels;
+pub mod start;

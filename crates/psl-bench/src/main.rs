@@ -20,6 +20,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Function start-up: cold compile, cached load, warm pooled invoke of `hello`, host-call cost.
+    Start {
+        /// Measured warm invocations.
+        #[arg(long, default_value_t = 20_000)]
+        invocations: u64,
+        /// The `hello` module.
+        #[arg(long, default_value = "guests/out/hello.wasm")]
+        hello: PathBuf,
+        /// Directory for start.json and start.md.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+    },
     /// Build the kernel module twice (with and without wasm SIMD) into guests/target/{simd,scalar}.
     BuildKernels {
         /// Repository root (default: the one this binary was built from).
@@ -68,6 +80,15 @@ fn main() -> anyhow::Result<()> {
                 kernels::load_module(&path)?;
                 eprintln!("{kind:?}: {} (no imports)", path.display());
             }
+            Ok(())
+        }
+        Command::Start { invocations, hello, out } => {
+            let report = psl_bench::start::run(&hello, invocations)?;
+            let table = psl_bench::start::markdown(&report);
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(out.join("start.json"), serde_json::to_string_pretty(&report)?)?;
+            std::fs::write(out.join("start.md"), &table)?;
+            println!("{table}");
             Ok(())
         }
         Command::Kernels {

@@ -30,17 +30,15 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Default location of a module build: `guests/target/<simd|scalar>/wasm32-wasip1/release/…`.
+/// Default location of a module build: `guests/out/psl_kernels_wasm_<simd|scalar>.wasm`, where
+/// `cargo xtask guests` (and `psl-bench build-kernels`) put them.
 /// Relative to the current directory if it exists there, else to [`repo_root`].
 pub fn default_module_path(kind: ModuleKind) -> PathBuf {
     let sub = match kind {
         ModuleKind::Simd => "simd",
         ModuleKind::Scalar | ModuleKind::Native => "scalar",
     };
-    let rel = Path::new("guests/target")
-        .join(sub)
-        .join("wasm32-wasip1/release")
-        .join(WASM_FILE);
+    let rel = Path::new("guests/out").join(format!("psl_kernels_wasm_{sub}.wasm"));
     if rel.exists() {
         rel
     } else {
@@ -87,8 +85,19 @@ pub fn build_guest_modules(root: &Path) -> anyhow::Result<()> {
             status.success(),
             "building the {kind:?} kernel module failed ({status})"
         );
+        let built = target_dir.join("wasm32-wasip1/release").join(WASM_FILE);
+        let out = root.join(default_module_path_rel(kind));
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::copy(&built, &out).with_context(|| format!("copying {}", built.display()))?;
     }
     Ok(())
+}
+
+fn default_module_path_rel(kind: ModuleKind) -> PathBuf {
+    let sub = if kind == ModuleKind::Simd { "simd" } else { "scalar" };
+    Path::new("guests/out").join(format!("psl_kernels_wasm_{sub}.wasm"))
 }
 
 /// Reads a module and checks that it has no imports at all (the kernels need none; an import
@@ -97,7 +106,7 @@ pub fn load_module(path: &Path) -> anyhow::Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| {
         format!(
             "cannot read the kernel module {}; build it first with \
-             `cargo run --release -p psl-bench -- build-kernels`",
+             `cargo xtask guests`",
             path.display()
         )
     })?;
@@ -574,7 +583,7 @@ mod tests {
             assert!(
                 path.exists(),
                 "{} is missing: build the kernel modules first with \
-                 `cargo run --release -p psl-bench -- build-kernels`",
+                 `cargo xtask guests`",
                 path.display()
             );
         }

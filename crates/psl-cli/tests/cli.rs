@@ -1,0 +1,77 @@
+//! The `psl` binary as a user runs it: one-shot runs, the dev demo, and a served platform
+//! driven by `psl deploy` / `psl invoke` from separate processes.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+fn psl() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_psl"));
+    command.env_remove("PSL_SERVER").current_dir(root());
+    command
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn guest(name: &str) -> PathBuf {
+    let path = root().join("guests/out").join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} missing: run `cargo xtask guests` first", path.display());
+    path
+}
+
+#[test]
+fn run_prints_the_output_and_fails_clearly_on_a_bad_module() {
+    let out = psl().args(["run"]).arg(guest("hello")).arg("Ada").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Hello, Ada!");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.wasm");
+    std::fs::write(&bad, b"\0asm\x01\0\0\0\x05\xff").unwrap();
+    let out = psl().arg("run").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("malformed module"), "{stderr}");
+}
+
+#[test]
+fn dev_demo_runs_the_examples_end_to_end() {
+    let out = psl().args(["dev", "--exit-after-demo", "--examples"]).arg(root().join("guests/out")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Hello, PSL!"), "{stdout}");
+    assert!(stdout.contains("(exact;"), "{stdout}");
+    assert!(stdout.contains("invariant kept"), "{stdout}");
+}
+
+#[test]
+fn served_platform_takes_deploys_and_invocations_from_other_processes() {
+    let mut server = psl()
+        .args(["dev", "--no-demo", "--listen", "127.0.0.1:0", "--examples", "/nonexistent"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let address = loop {
+        let line = lines.next().expect("server exited").unwrap();
+        if let Some(rest) = line.strip_prefix("serving on ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let result = std::panic::catch_unwind(|| {
+        let deploy = psl().args(["deploy", "greeter"]).arg(guest("hello")).args(["--server", &address]).output().unwrap();
+        assert!(deploy.status.success(), "{}", String::from_utf8_lossy(&deploy.stderr));
+        let invoke = psl().args(["invoke", "greeter", "CLI", "--server", &address]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&invoke.stdout).trim(), "Hello, CLI!");
+        let missing = psl().args(["invoke", "nobody", "--server", &address]).output().unwrap();
+        assert!(!missing.status.success());
+        assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
