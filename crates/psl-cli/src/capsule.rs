@@ -33,7 +33,7 @@ pub fn run(command: CapsuleCommand) -> anyhow::Result<ExitCode> {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             match psl_store::verify(&dir, now) {
                 Ok(summary) => {
-                    println!("OK: {summary}");
+                    println!("{summary}");
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(failure) => {
