@@ -13,7 +13,10 @@ const GUESTS: [&str; 3] = ["hello", "counter", "bank"];
 const WASM_TARGET: &str = "wasm32-wasip1";
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn cargo() -> Command {
@@ -21,16 +24,26 @@ fn cargo() -> Command {
 }
 
 fn run(command: &mut Command) -> Result<(), String> {
-    let status = command.status().map_err(|e| format!("cannot run {command:?}: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("{command:?} failed with {status}")) }
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{command:?} failed with {status}"))
+    }
 }
 
 fn ensure_wasm_target() -> Result<(), String> {
-    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
-    if let Ok(out) = installed {
-        if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == WASM_TARGET) {
-            return Ok(());
-        }
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    if let Ok(out) = installed
+        && String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim() == WASM_TARGET)
+    {
+        return Ok(());
     }
     eprintln!("xtask: installing the {WASM_TARGET} target");
     run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
@@ -51,7 +64,13 @@ fn build_guests() -> Result<(), String> {
     let mut build = cargo();
     build
         .current_dir(root.join("guests"))
-        .args(["build", "--release", "--target", WASM_TARGET, "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            WASM_TARGET,
+            "--target-dir",
+        ])
         .arg(&target_dir);
     for guest in GUESTS {
         build.args(["-p", guest]);
@@ -73,11 +92,22 @@ fn build_guests() -> Result<(), String> {
         let mut build = cargo();
         build
             .current_dir(root.join("guests"))
-            .args(["build", "--release", "--target", WASM_TARGET, "-p", "psl-kernels-wasm", "--target-dir"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                WASM_TARGET,
+                "-p",
+                "psl-kernels-wasm",
+                "--target-dir",
+            ])
             .arg(&dir)
             .env("RUSTFLAGS", flags);
         run(&mut build)?;
-        let from = dir.join(WASM_TARGET).join("release").join("psl_kernels_wasm.wasm");
+        let from = dir
+            .join(WASM_TARGET)
+            .join("release")
+            .join("psl_kernels_wasm.wasm");
         let to = out.join(format!("psl_kernels_wasm_{variant}.wasm"));
         std::fs::copy(&from, &to).map_err(|e| format!("copying {}: {e}", from.display()))?;
     }
@@ -93,13 +123,31 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "guests" => build_guests(),
         "dev" => build_guests().and_then(|()| {
-            run(cargo().current_dir(&root).args(["run", "--release", "-p", "psl-cli", "--bin", "psl", "--", "dev"]).args(&rest))
+            run(cargo()
+                .current_dir(&root)
+                .args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "psl-cli",
+                    "--bin",
+                    "psl",
+                    "--",
+                    "dev",
+                ])
+                .args(&rest))
         }),
         "test" => build_guests().and_then(|()| {
-            run(cargo().current_dir(&root).args(["test", "--release", "--workspace"]).args(&rest))
+            run(cargo()
+                .current_dir(&root)
+                .args(["test", "--release", "--workspace"])
+                .args(&rest))
         }),
         "bench" => build_guests().and_then(|()| {
-            run(cargo().current_dir(&root).args(["run", "--release", "-p", "psl-bench", "--"]).args(&rest))
+            run(cargo()
+                .current_dir(&root)
+                .args(["run", "--release", "-p", "psl-bench", "--"])
+                .args(&rest))
         }),
         _ => Err("usage: cargo xtask <dev|test|guests|bench> [ARGS]".into()),
     };

@@ -82,11 +82,18 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Start { invocations, hello, out } => {
+        Command::Start {
+            invocations,
+            hello,
+            out,
+        } => {
             let report = psl_bench::start::run(&hello, invocations)?;
             let table = psl_bench::start::markdown(&report);
             std::fs::create_dir_all(&out)?;
-            std::fs::write(out.join("start.json"), serde_json::to_string_pretty(&report)?)?;
+            std::fs::write(
+                out.join("start.json"),
+                serde_json::to_string_pretty(&report)?,
+            )?;
             std::fs::write(out.join("start.md"), &table)?;
             println!("{table}");
             Ok(())

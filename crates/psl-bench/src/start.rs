@@ -34,7 +34,11 @@ fn ms(d: Duration) -> f64 {
 
 /// Loops `n` times calling `input_len` (or not, for the baseline).
 fn host_call_module(with_call: bool) -> String {
-    let call = if with_call { "(drop (call $f))" } else { "(nop)" };
+    let call = if with_call {
+        "(drop (call $f))"
+    } else {
+        "(nop)"
+    };
     format!(
         r#"(module (import "psl" "input_len" (func $f (result i32)))
           (memory (export "memory") 1)
@@ -47,7 +51,8 @@ fn host_call_module(with_call: bool) -> String {
 
 /// Runs the start-up benchmark on `hello.wasm`.
 pub fn run(hello: &Path, invocations: u64) -> anyhow::Result<StartReport> {
-    let wasm = std::fs::read(hello).with_context(|| format!("reading {}; run `cargo xtask guests`", hello.display()))?;
+    let wasm = std::fs::read(hello)
+        .with_context(|| format!("reading {}; run `cargo xtask guests`", hello.display()))?;
     let mut cold = Vec::new();
     for _ in 0..10 {
         let runtime = Runtime::new(RuntimeConfig::default())?;
@@ -56,8 +61,14 @@ pub fn run(hello: &Path, invocations: u64) -> anyhow::Result<StartReport> {
         cold.push(start.elapsed());
     }
     let cache = tempfile::tempdir()?;
-    let cached_config = RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), cache_key: [9; 32], ..Default::default() };
-    Runtime::new(cached_config.clone())?.deploy(&wasm).map_err(|e| anyhow!("{e}"))?;
+    let cached_config = RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        cache_key: [9; 32],
+        ..Default::default()
+    };
+    Runtime::new(cached_config.clone())?
+        .deploy(&wasm)
+        .map_err(|e| anyhow!("{e}"))?;
     let mut cached = Vec::new();
     for _ in 0..10 {
         let runtime = Runtime::new(cached_config.clone())?;
@@ -90,7 +101,9 @@ pub fn run(hello: &Path, invocations: u64) -> anyhow::Result<StartReport> {
         let mut samples = Vec::new();
         for _ in 0..5 {
             let outcome = runtime.invoke(&function, Vec::new(), NoState.session());
-            outcome.result.map_err(|e| anyhow!("host-call loop failed: {e}"))?;
+            outcome
+                .result
+                .map_err(|e| anyhow!("host-call loop failed: {e}"))?;
             samples.push(outcome.elapsed);
         }
         per_variant.push(median(samples));

@@ -25,12 +25,16 @@ pub enum CapsuleCommand {
 pub fn run(command: CapsuleCommand) -> anyhow::Result<ExitCode> {
     match command {
         CapsuleCommand::Inspect { dir } => {
-            let report = psl_store::inspect(&dir).with_context(|| format!("inspecting {}", dir.display()))?;
+            let report = psl_store::inspect(&dir)
+                .with_context(|| format!("inspecting {}", dir.display()))?;
             println!("{report}");
             Ok(ExitCode::SUCCESS)
         }
         CapsuleCommand::Verify { dir } => {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             match psl_store::verify(&dir, now) {
                 Ok(summary) => {
                     println!("{summary}");

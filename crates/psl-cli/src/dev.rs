@@ -35,7 +35,10 @@ const EXAMPLES: [&str; 3] = ["hello", "counter", "bank"];
 
 fn spinner(message: String) -> ProgressBar {
     let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("  {spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.set_style(
+        ProgressStyle::with_template("  {spinner} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     bar.set_message(message);
     bar.enable_steady_tick(Duration::from_millis(80));
     bar
@@ -48,7 +51,11 @@ fn deploy_file(platform: &Platform, name: &str, path: &Path) -> anyhow::Result<(
     let deployed = platform.deploy(name, &wasm);
     bar.finish_and_clear();
     let id = deployed.with_context(|| format!("deploying {}", path.display()))?;
-    println!("  {name:<8} {}  compiled in {} ms", id.short(), started.elapsed().as_millis());
+    println!(
+        "  {name:<8} {}  compiled in {} ms",
+        id.short(),
+        started.elapsed().as_millis()
+    );
     Ok(())
 }
 
@@ -61,7 +68,11 @@ fn demo(platform: &Arc<Platform>) -> anyhow::Result<()> {
     println!("demo (every call below runs a WebAssembly function on the JIT runtime):");
     let outcome = platform.invoke("hello", b"PSL".to_vec())?;
     let took = outcome.elapsed;
-    println!("  hello(\"PSL\")                 -> {}   ({} us)", output_of(outcome, "hello")?, took.as_micros());
+    println!(
+        "  hello(\"PSL\")                 -> {}   ({} us)",
+        output_of(outcome, "hello")?,
+        took.as_micros()
+    );
 
     let (threads, per_thread) = (4u64, 25u64);
     let started = Instant::now();
@@ -70,18 +81,30 @@ fn demo(platform: &Arc<Platform>) -> anyhow::Result<()> {
             let platform = Arc::clone(platform);
             std::thread::spawn(move || -> anyhow::Result<()> {
                 for _ in 0..per_thread {
-                    output_of(platform.invoke("counter", b"demo-counter".to_vec())?, "counter")?;
+                    output_of(
+                        platform.invoke("counter", b"demo-counter".to_vec())?,
+                        "counter",
+                    )?;
                 }
                 Ok(())
             })
         })
         .collect();
     for handle in handles {
-        handle.join().map_err(|_| anyhow::anyhow!("a counter thread panicked"))??;
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("a counter thread panicked"))??;
     }
-    let value = output_of(platform.invoke("counter", b"demo-counter".to_vec())?, "counter")?;
+    let value = output_of(
+        platform.invoke("counter", b"demo-counter".to_vec())?,
+        "counter",
+    )?;
     let expected = threads * per_thread + 1;
-    let verdict = if value == expected.to_string() { "exact" } else { "WRONG" };
+    let verdict = if value == expected.to_string() {
+        "exact"
+    } else {
+        "WRONG"
+    };
     println!(
         "  counter x {} from {threads} threads -> {value} ({verdict}; {} ms)",
         threads * per_thread + 1,
@@ -92,22 +115,34 @@ fn demo(platform: &Arc<Platform>) -> anyhow::Result<()> {
     }
 
     let (accounts, balance) = (16u64, 1000u64);
-    output_of(platform.invoke("bank", format!("open {accounts} {balance}").into_bytes())?, "bank open")?;
+    output_of(
+        platform.invoke("bank", format!("open {accounts} {balance}").into_bytes())?,
+        "bank open",
+    )?;
     let started = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|seed| {
             let platform = Arc::clone(platform);
             std::thread::spawn(move || -> anyhow::Result<String> {
-                output_of(platform.invoke("bank", format!("transfer {} 250", seed + 1).into_bytes())?, "bank transfer")
+                output_of(
+                    platform.invoke("bank", format!("transfer {} 250", seed + 1).into_bytes())?,
+                    "bank transfer",
+                )
             })
         })
         .collect();
     for handle in handles {
-        handle.join().map_err(|_| anyhow::anyhow!("a bank thread panicked"))??;
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("a bank thread panicked"))??;
     }
     let total = output_of(platform.invoke("bank", b"total".to_vec())?, "bank total")?;
     let expected = accounts * balance;
-    let verdict = if total == expected.to_string() { "kept" } else { "BROKEN" };
+    let verdict = if total == expected.to_string() {
+        "kept"
+    } else {
+        "BROKEN"
+    };
     println!(
         "  bank: {} concurrent transfers  -> total {total} (invariant {verdict}; {} ms)",
         threads * 250,
@@ -120,9 +155,14 @@ fn demo(platform: &Arc<Platform>) -> anyhow::Result<()> {
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
-    let config = RuntimeConfig { cache_dir: args.cache_dir.clone(), ..RuntimeConfig::default() };
+    let config = RuntimeConfig {
+        cache_dir: args.cache_dir.clone(),
+        ..RuntimeConfig::default()
+    };
     let platform = Arc::new(Platform::new(config, Arc::new(LocalState::default()))?);
-    println!("PSL dev platform: embedded, one worker, in-memory single-node state (no TEE, no durability yet)");
+    println!(
+        "PSL dev platform: embedded, one worker, in-memory single-node state (no TEE, no durability yet)"
+    );
     let mut examples_found = 0;
     if args.examples.is_dir() {
         println!("deploying examples from {}", args.examples.display());
@@ -135,7 +175,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
     }
     for path in &args.modules {
-        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("function").to_lowercase();
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("function")
+            .to_lowercase();
         deploy_file(&platform, &name, path)?;
     }
     if !args.no_demo {
@@ -155,11 +199,20 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(platform: Arc<Platform>, listen: &str) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-        println!("serving on http://{} (Ctrl-C to stop)", listener.local_addr()?);
-        println!("  try: psl invoke hello world    or    curl -d world http://{listen}/invoke/hello");
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        println!(
+            "serving on http://{} (Ctrl-C to stop)",
+            listener.local_addr()?
+        );
+        println!(
+            "  try: psl invoke hello world    or    curl -d world http://{listen}/invoke/hello"
+        );
         axum::serve(listener, psl_node::gateway::router(platform))
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -169,7 +222,11 @@ fn serve(platform: Arc<Platform>, listen: &str) -> anyhow::Result<ExitCode> {
     })
 }
 
-pub fn run_once(module: &Path, input: Option<String>, deadline_ms: u64) -> anyhow::Result<ExitCode> {
+pub fn run_once(
+    module: &Path,
+    input: Option<String>,
+    deadline_ms: u64,
+) -> anyhow::Result<ExitCode> {
     let mut config = RuntimeConfig::default();
     config.limits.invocation.execution_time_max = Duration::from_millis(deadline_ms);
     let platform = Platform::new(config, Arc::new(LocalState::default()))?;
@@ -180,15 +237,25 @@ pub fn run_once(module: &Path, input: Option<String>, deadline_ms: u64) -> anyho
     deployed.with_context(|| format!("deploying {}", module.display()))?;
     let outcome = platform.invoke("main", input.unwrap_or_default().into_bytes())?;
     if !outcome.stdout.is_empty() {
-        eprintln!("--- stdout ---\n{}", String::from_utf8_lossy(&outcome.stdout));
+        eprintln!(
+            "--- stdout ---\n{}",
+            String::from_utf8_lossy(&outcome.stdout)
+        );
     }
     if !outcome.stderr.is_empty() {
-        eprintln!("--- stderr ---\n{}", String::from_utf8_lossy(&outcome.stderr));
+        eprintln!(
+            "--- stderr ---\n{}",
+            String::from_utf8_lossy(&outcome.stderr)
+        );
     }
     for line in &outcome.logs {
         eprintln!("[{:?}] {}", line.level, line.message);
     }
-    eprintln!("({} us, {} host calls)", outcome.elapsed.as_micros(), outcome.host_calls);
+    eprintln!(
+        "({} us, {} host calls)",
+        outcome.elapsed.as_micros(),
+        outcome.host_calls
+    );
     match outcome.result {
         Ok(output) => {
             println!("{}", String::from_utf8_lossy(&output));

@@ -74,19 +74,31 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PSL_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("PSL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),
-        Command::Deploy { name, module, server } => remote::deploy(&server, &name, &module),
-        Command::Invoke { name, input, input_file, server } => {
-            remote::invoke(&server, &name, input, input_file.as_deref())
-        }
+        Command::Deploy {
+            name,
+            module,
+            server,
+        } => remote::deploy(&server, &name, &module),
+        Command::Invoke {
+            name,
+            input,
+            input_file,
+            server,
+        } => remote::invoke(&server, &name, input, input_file.as_deref()),
         Command::Functions { server } => remote::functions(&server),
-        Command::Run { module, input, deadline_ms } => dev::run_once(&module, input, deadline_ms),
+        Command::Run {
+            module,
+            input,
+            deadline_ms,
+        } => dev::run_once(&module, input, deadline_ms),
         Command::Capsule(command) => capsule::run(command),
     };
     match result {

@@ -9,7 +9,10 @@ use anyhow::{Context, bail};
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7878";
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
 }
 
 fn explain(status: u16, body: &[u8]) -> anyhow::Error {
@@ -23,7 +26,11 @@ fn explain(status: u16, body: &[u8]) -> anyhow::Error {
 
 fn read_body(response: ureq::http::Response<ureq::Body>) -> anyhow::Result<(u16, Vec<u8>)> {
     let status = response.status().as_u16();
-    let body = response.into_body().with_config().limit(64 << 20).read_to_vec()?;
+    let body = response
+        .into_body()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_vec()?;
     Ok((status, body))
 }
 
@@ -34,17 +41,26 @@ fn unreachable_hint(server: &str) -> String {
 pub fn deploy(server: &str, name: &str, module: &Path) -> anyhow::Result<ExitCode> {
     let wasm = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
     let url = format!("{server}/functions/{name}");
-    let response = agent().put(&url).send(&wasm[..]).with_context(|| unreachable_hint(server))?;
+    let response = agent()
+        .put(&url)
+        .send(&wasm[..])
+        .with_context(|| unreachable_hint(server))?;
     let (status, body) = read_body(response)?;
     if status != 200 {
-        return Err(explain(status, &body)).with_context(|| format!("deploying {}", module.display()));
+        return Err(explain(status, &body))
+            .with_context(|| format!("deploying {}", module.display()));
     }
     let reply: serde_json::Value = serde_json::from_slice(&body)?;
     println!("deployed {name} = {}", reply["id"].as_str().unwrap_or("?"));
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn invoke(server: &str, name: &str, input: Option<String>, file: Option<&Path>) -> anyhow::Result<ExitCode> {
+pub fn invoke(
+    server: &str,
+    name: &str,
+    input: Option<String>,
+    file: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     let input = match (input, file) {
         (Some(text), _) => text.into_bytes(),
         (None, Some(path)) if path == Path::new("-") => {
@@ -52,11 +68,16 @@ pub fn invoke(server: &str, name: &str, input: Option<String>, file: Option<&Pat
             std::io::stdin().read_to_end(&mut buf)?;
             buf
         }
-        (None, Some(path)) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        (None, Some(path)) => {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+        }
         (None, None) => Vec::new(),
     };
     let url = format!("{server}/invoke/{name}");
-    let response = agent().post(&url).send(&input[..]).with_context(|| unreachable_hint(server))?;
+    let response = agent()
+        .post(&url)
+        .send(&input[..])
+        .with_context(|| unreachable_hint(server))?;
     let (status, body) = read_body(response)?;
     if status != 200 {
         return Err(explain(status, &body)).with_context(|| format!("invoking {name}"));
@@ -66,14 +87,21 @@ pub fn invoke(server: &str, name: &str, input: Option<String>, file: Option<&Pat
 }
 
 pub fn functions(server: &str) -> anyhow::Result<ExitCode> {
-    let response = agent().get(&format!("{server}/functions")).call().with_context(|| unreachable_hint(server))?;
+    let response = agent()
+        .get(&format!("{server}/functions"))
+        .call()
+        .with_context(|| unreachable_hint(server))?;
     let (status, body) = read_body(response)?;
     if status != 200 {
         bail!(explain(status, &body));
     }
     let list: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
     for entry in list {
-        println!("{:<20} {}", entry["name"].as_str().unwrap_or("?"), entry["kind"].as_str().unwrap_or("?"));
+        println!(
+            "{:<20} {}",
+            entry["name"].as_str().unwrap_or("?"),
+            entry["kind"].as_str().unwrap_or("?")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -17,14 +17,27 @@ fn root() -> PathBuf {
 
 fn guest(name: &str) -> PathBuf {
     let path = root().join("guests/out").join(format!("{name}.wasm"));
-    assert!(path.is_file(), "{} missing: run `cargo xtask guests` first", path.display());
+    assert!(
+        path.is_file(),
+        "{} missing: run `cargo xtask guests` first",
+        path.display()
+    );
     path
 }
 
 #[test]
 fn run_prints_the_output_and_fails_clearly_on_a_bad_module() {
-    let out = psl().args(["run"]).arg(guest("hello")).arg("Ada").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = psl()
+        .args(["run"])
+        .arg(guest("hello"))
+        .arg("Ada")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Hello, Ada!");
 
     let dir = tempfile::tempdir().unwrap();
@@ -38,9 +51,17 @@ fn run_prints_the_output_and_fails_clearly_on_a_bad_module() {
 
 #[test]
 fn dev_demo_runs_the_examples_end_to_end() {
-    let out = psl().args(["dev", "--exit-after-demo", "--examples"]).arg(root().join("guests/out")).output().unwrap();
+    let out = psl()
+        .args(["dev", "--exit-after-demo", "--examples"])
+        .arg(root().join("guests/out"))
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("Hello, PSL!"), "{stdout}");
     assert!(stdout.contains("(exact;"), "{stdout}");
     assert!(stdout.contains("invariant kept"), "{stdout}");
@@ -49,7 +70,14 @@ fn dev_demo_runs_the_examples_end_to_end() {
 #[test]
 fn served_platform_takes_deploys_and_invocations_from_other_processes() {
     let mut server = psl()
-        .args(["dev", "--no-demo", "--listen", "127.0.0.1:0", "--examples", "/nonexistent"])
+        .args([
+            "dev",
+            "--no-demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--examples",
+            "/nonexistent",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -61,11 +89,29 @@ fn served_platform_takes_deploys_and_invocations_from_other_processes() {
         }
     };
     let result = std::panic::catch_unwind(|| {
-        let deploy = psl().args(["deploy", "greeter"]).arg(guest("hello")).args(["--server", &address]).output().unwrap();
-        assert!(deploy.status.success(), "{}", String::from_utf8_lossy(&deploy.stderr));
-        let invoke = psl().args(["invoke", "greeter", "CLI", "--server", &address]).output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&invoke.stdout).trim(), "Hello, CLI!");
-        let missing = psl().args(["invoke", "nobody", "--server", &address]).output().unwrap();
+        let deploy = psl()
+            .args(["deploy", "greeter"])
+            .arg(guest("hello"))
+            .args(["--server", &address])
+            .output()
+            .unwrap();
+        assert!(
+            deploy.status.success(),
+            "{}",
+            String::from_utf8_lossy(&deploy.stderr)
+        );
+        let invoke = psl()
+            .args(["invoke", "greeter", "CLI", "--server", &address])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&invoke.stdout).trim(),
+            "Hello, CLI!"
+        );
+        let missing = psl()
+            .args(["invoke", "nobody", "--server", &address])
+            .output()
+            .unwrap();
         assert!(!missing.status.success());
         assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
     });

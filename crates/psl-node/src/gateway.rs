@@ -38,12 +38,24 @@ fn error(status: StatusCode, kind: &str, message: String) -> Response {
 
 fn platform_error(e: PlatformError) -> Response {
     match &e {
-        PlatformError::UnknownFunction(_) => error(StatusCode::NOT_FOUND, "unknown_function", e.to_string()),
+        PlatformError::UnknownFunction(_) => {
+            error(StatusCode::NOT_FOUND, "unknown_function", e.to_string())
+        }
         PlatformError::BadName(_) => error(StatusCode::BAD_REQUEST, "bad_name", e.to_string()),
-        PlatformError::Deploy(DeployError::TooLarge { .. }) => error(StatusCode::PAYLOAD_TOO_LARGE, "module_too_large", e.to_string()),
-        PlatformError::Deploy(DeployError::CompilerBusy) => error(StatusCode::SERVICE_UNAVAILABLE, "compiler_busy", e.to_string()),
+        PlatformError::Deploy(DeployError::TooLarge { .. }) => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "module_too_large",
+            e.to_string(),
+        ),
+        PlatformError::Deploy(DeployError::CompilerBusy) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "compiler_busy",
+            e.to_string(),
+        ),
         PlatformError::Deploy(_) => error(StatusCode::BAD_REQUEST, "bad_module", e.to_string()),
-        PlatformError::Runtime(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        PlatformError::Runtime(_) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        }
     }
 }
 
@@ -63,16 +75,28 @@ async fn list(State(platform): State<Arc<Platform>>) -> Response {
     axum::Json(platform.list()).into_response()
 }
 
-async fn deploy(State(platform): State<Arc<Platform>>, Path(name): Path<String>, body: Bytes) -> Response {
-    let result = tokio::task::spawn_blocking(move || platform.deploy(&name, &body).map(|id| (name, id))).await;
+async fn deploy(
+    State(platform): State<Arc<Platform>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let result =
+        tokio::task::spawn_blocking(move || platform.deploy(&name, &body).map(|id| (name, id)))
+            .await;
     match result {
-        Ok(Ok((name, id))) => axum::Json(serde_json::json!({ "name": name, "id": id.to_hex() })).into_response(),
+        Ok(Ok((name, id))) => {
+            axum::Json(serde_json::json!({ "name": name, "id": id.to_hex() })).into_response()
+        }
         Ok(Err(e)) => platform_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
 }
 
-async fn invoke(State(platform): State<Arc<Platform>>, Path(name): Path<String>, body: Bytes) -> Response {
+async fn invoke(
+    State(platform): State<Arc<Platform>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
     let result = tokio::task::spawn_blocking(move || platform.invoke(&name, body.to_vec())).await;
     let outcome = match result {
         Ok(Ok(outcome)) => outcome,
@@ -82,7 +106,10 @@ async fn invoke(State(platform): State<Arc<Platform>>, Path(name): Path<String>,
     match outcome.result {
         Ok(output) => {
             let mut headers = HeaderMap::new();
-            headers.insert("x-psl-elapsed-us", HeaderValue::from(outcome.elapsed.as_micros() as u64));
+            headers.insert(
+                "x-psl-elapsed-us",
+                HeaderValue::from(outcome.elapsed.as_micros() as u64),
+            );
             headers.insert("x-psl-host-calls", HeaderValue::from(outcome.host_calls));
             (StatusCode::OK, headers, output).into_response()
         }

@@ -27,7 +27,11 @@ pub struct LocalLimits {
 
 impl Default for LocalLimits {
     fn default() -> Self {
-        Self { locks_held_max: 1024, lock_waiters_max: 4096, keys_max: 10_000_000 }
+        Self {
+            locks_held_max: 1024,
+            lock_waiters_max: 4096,
+            keys_max: 10_000_000,
+        }
     }
 }
 
@@ -110,7 +114,11 @@ impl Default for LocalState {
 impl State for LocalState {
     fn session(&self) -> Box<dyn Session> {
         let id = self.0.next_session.fetch_add(1, Ordering::Relaxed);
-        Box::new(LocalSession { state: Arc::clone(&self.0), id, held: Vec::new() })
+        Box::new(LocalSession {
+            state: Arc::clone(&self.0),
+            id,
+            held: Vec::new(),
+        })
     }
 }
 
@@ -126,7 +134,11 @@ fn lock_name(name: &[u8]) -> String {
 
 impl LocalSession {
     fn release(&mut self, name: &[u8]) -> Result<(), StateError> {
-        let position = self.held.iter().position(|n| n == name).ok_or_else(|| StateError::NotHeld(lock_name(name)))?;
+        let position = self
+            .held
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| StateError::NotHeld(lock_name(name)))?;
         self.held.swap_remove(position);
         let mut table = self.state.locks.lock();
         if let Some(lock) = table.locks.get_mut(name) {
@@ -149,7 +161,10 @@ impl Session for LocalSession {
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
         let mut data = self.state.data.write();
         if data.len() >= self.state.limits.keys_max && !data.contains_key(key) {
-            return Err(StateError::Limit(format!("store holds {} keys", data.len())));
+            return Err(StateError::Limit(format!(
+                "store holds {} keys",
+                data.len()
+            )));
         }
         data.insert(key.to_vec(), value.to_vec());
         Ok(())
@@ -159,7 +174,11 @@ impl Session for LocalSession {
         Ok(self.state.data.write().remove(key).is_some())
     }
 
-    fn scan_prefix(&mut self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    fn scan_prefix(
+        &mut self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
         let data = self.state.data.read();
         Ok(data
             .range(prefix.to_vec()..)
@@ -182,7 +201,10 @@ impl Session for LocalSession {
         table.next_ticket += 1;
         let lock = table.locks.entry(name.to_vec()).or_default();
         if lock.waiters.len() >= self.state.limits.lock_waiters_max {
-            return Err(StateError::Limit(format!("{} waiters on lock", lock.waiters.len())));
+            return Err(StateError::Limit(format!(
+                "{} waiters on lock",
+                lock.waiters.len()
+            )));
         }
         lock.waiters.push_back((ticket, self.id, mode));
         loop {
@@ -196,7 +218,12 @@ impl Session for LocalSession {
                 self.held.push(name.to_vec());
                 return Ok(());
             }
-            if self.state.changed.wait_until(&mut table, deadline).timed_out() {
+            if self
+                .state
+                .changed
+                .wait_until(&mut table, deadline)
+                .timed_out()
+            {
                 let lock = table.locks.entry(name.to_vec()).or_default();
                 if lock.grantable(ticket, mode) {
                     continue;
@@ -247,12 +274,20 @@ mod tests {
         let state = LocalState::default();
         let mut a = state.session();
         let mut b = state.session();
-        a.lock(b"l", LockMode::Write, Duration::from_secs(1)).unwrap();
-        assert_eq!(b.lock(b"l", LockMode::Read, Duration::from_millis(20)), Err(StateError::LockTimeout("l".into())));
+        a.lock(b"l", LockMode::Write, Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(
+            b.lock(b"l", LockMode::Read, Duration::from_millis(20)),
+            Err(StateError::LockTimeout("l".into()))
+        );
         a.unlock(b"l").unwrap();
-        b.lock(b"l", LockMode::Read, Duration::from_millis(20)).unwrap();
+        b.lock(b"l", LockMode::Read, Duration::from_millis(20))
+            .unwrap();
         assert_eq!(a.unlock(b"l"), Err(StateError::NotHeld("l".into())));
-        assert_eq!(b.lock(b"l", LockMode::Read, Duration::ZERO), Err(StateError::AlreadyHeld("l".into())));
+        assert_eq!(
+            b.lock(b"l", LockMode::Read, Duration::ZERO),
+            Err(StateError::AlreadyHeld("l".into()))
+        );
         b.finish().unwrap();
         assert_eq!(state.active_locks(), 0);
     }
@@ -262,8 +297,10 @@ mod tests {
         let state = LocalState::default();
         let mut a = state.session();
         let mut b = state.session();
-        a.lock(b"l", LockMode::Read, Duration::from_secs(1)).unwrap();
-        b.lock(b"l", LockMode::Read, Duration::from_millis(50)).unwrap();
+        a.lock(b"l", LockMode::Read, Duration::from_secs(1))
+            .unwrap();
+        b.lock(b"l", LockMode::Read, Duration::from_millis(50))
+            .unwrap();
     }
 
     #[test]
@@ -275,8 +312,12 @@ mod tests {
                 std::thread::spawn(move || {
                     for _ in 0..500 {
                         let mut s = state.session();
-                        s.lock(b"c", LockMode::Write, Duration::from_secs(10)).unwrap();
-                        let n: u64 = s.get(b"c").unwrap().map_or(0, |v| String::from_utf8(v).unwrap().parse().unwrap());
+                        s.lock(b"c", LockMode::Write, Duration::from_secs(10))
+                            .unwrap();
+                        let n: u64 = s
+                            .get(b"c")
+                            .unwrap()
+                            .map_or(0, |v| String::from_utf8(v).unwrap().parse().unwrap());
                         s.put(b"c", (n + 1).to_string().as_bytes()).unwrap();
                         s.finish().unwrap();
                     }
@@ -286,7 +327,10 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(state.snapshot().get(b"c".as_slice()).map(|v| v.as_slice()), Some(b"2000".as_slice()));
+        assert_eq!(
+            state.snapshot().get(b"c".as_slice()).map(|v| v.as_slice()),
+            Some(b"2000".as_slice())
+        );
         assert_eq!(state.active_locks(), 0);
     }
 
@@ -297,7 +341,12 @@ mod tests {
         for k in ["a/2", "a/1", "b/1", "a/3"] {
             s.put(k.as_bytes(), b"v").unwrap();
         }
-        let keys: Vec<_> = s.scan_prefix(b"a/", 2).unwrap().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<_> = s
+            .scan_prefix(b"a/", 2)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(keys, vec![b"a/1".to_vec(), b"a/2".to_vec()]);
     }
 }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 use psl_runtime::{
-    DeployError, Function, FunctionId, NativeFunction, Outcome, Runtime, RuntimeConfig, RuntimeError, State,
+    DeployError, Function, FunctionId, NativeFunction, Outcome, Runtime, RuntimeConfig,
+    RuntimeError, State,
 };
 
 /// Longest function name.
@@ -57,14 +58,24 @@ pub struct Platform {
 fn check_name(name: &str) -> Result<(), PlatformError> {
     let ok = !name.is_empty()
         && name.len() <= NAME_BYTES_MAX
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok { Ok(()) } else { Err(PlatformError::BadName(name.to_string())) }
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(PlatformError::BadName(name.to_string()))
+    }
 }
 
 impl Platform {
     /// Starts a platform over `state`.
     pub fn new(config: RuntimeConfig, state: Arc<dyn State>) -> Result<Self, PlatformError> {
-        Ok(Self { runtime: Runtime::new(config)?, state, names: RwLock::new(BTreeMap::new()) })
+        Ok(Self {
+            runtime: Runtime::new(config)?,
+            state,
+            names: RwLock::new(BTreeMap::new()),
+        })
     }
 
     /// The runtime.
@@ -80,7 +91,9 @@ impl Platform {
             return Err(DeployError::NoEntryPoint.into());
         }
         let id = function.id();
-        self.names.write().insert(name.to_string(), Target::Wasm(function));
+        self.names
+            .write()
+            .insert(name.to_string(), Target::Wasm(function));
         tracing::info!(function = name, module = %id.short(), "deployed");
         Ok(id)
     }
@@ -88,7 +101,9 @@ impl Platform {
     /// Registers a native function under its own name.
     pub fn register_native(&self, function: Arc<dyn NativeFunction>) -> Result<(), PlatformError> {
         check_name(function.name())?;
-        self.names.write().insert(function.name().to_string(), Target::Native(function));
+        self.names
+            .write()
+            .insert(function.name().to_string(), Target::Native(function));
         Ok(())
     }
 
@@ -123,7 +138,10 @@ impl Platform {
         let session = self.state.session();
         Ok(match target {
             Target::Wasm(function) => self.runtime.invoke(&function, input, session),
-            Target::Native(function) => self.runtime.invoke_native(function.as_ref(), input, session),
+            Target::Native(function) => {
+                self.runtime
+                    .invoke_native(function.as_ref(), input, session)
+            }
         })
     }
 }

@@ -7,7 +7,9 @@ use psl_node::{LocalState, Platform};
 use psl_runtime::RuntimeConfig;
 
 fn module(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../guests/out").join(format!("{name}.wasm"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../guests/out")
+        .join(format!("{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!("{}: {e}. Build the guests first: `cargo xtask guests` (or run tests with `cargo xtask test`)", path.display())
     })
@@ -55,7 +57,10 @@ fn counter_under_lock_is_exact_with_concurrent_invocations() {
         handle.join().unwrap();
     }
     let value = state.snapshot().get(b"c".as_slice()).cloned().unwrap();
-    assert_eq!(String::from_utf8(value).unwrap(), (threads * each).to_string());
+    assert_eq!(
+        String::from_utf8(value).unwrap(),
+        (threads * each).to_string()
+    );
     assert_eq!(state.active_locks(), 0, "every lock released");
 }
 
@@ -67,13 +72,23 @@ fn bank_keeps_its_total_under_concurrent_transfers() {
         let handles: Vec<_> = (0..4u64)
             .map(|i| {
                 let platform = Arc::clone(&platform);
-                std::thread::spawn(move || call(&platform, "bank", &format!("transfer {} 100", round * 10 + i + 1)))
+                std::thread::spawn(move || {
+                    call(
+                        &platform,
+                        "bank",
+                        &format!("transfer {} 100", round * 10 + i + 1),
+                    )
+                })
             })
             .collect();
         for handle in handles {
             assert!(handle.join().unwrap().starts_with("moved "));
         }
-        assert_eq!(call(&platform, "bank", "total"), "6000", "after round {round}");
+        assert_eq!(
+            call(&platform, "bank", "total"),
+            "6000",
+            "after round {round}"
+        );
         // Independently of the guest's own sum, check the stored balances.
         let sum: u64 = state
             .snapshot()

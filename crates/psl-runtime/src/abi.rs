@@ -46,8 +46,19 @@ pub const MODULE: &str = "psl";
 
 /// Names of every function in the `psl` import module (what a guest may import).
 pub const FUNCTIONS: &[&str] = &[
-    "input_len", "input_read", "output_write", "kv_get", "kv_take", "kv_put", "kv_delete",
-    "kv_scan", "lock", "unlock", "flush", "log", "fail",
+    "input_len",
+    "input_read",
+    "output_write",
+    "kv_get",
+    "kv_take",
+    "kv_put",
+    "kv_delete",
+    "kv_scan",
+    "lock",
+    "unlock",
+    "flush",
+    "log",
+    "fail",
 ];
 
 fn state_code(error: &StateError) -> i32 {
@@ -90,7 +101,13 @@ fn call<R: From<i32>>(
     body: impl FnOnce(&mut [u8], &mut HostCtx) -> HostResult<R>,
 ) -> wasmtime::Result<R> {
     let Some(memory) = caller.data().memory else {
-        return trap(caller, InvokeError::BadArgument { call: name, why: "module exports no memory" });
+        return trap(
+            caller,
+            InvokeError::BadArgument {
+                call: name,
+                why: "module exports no memory",
+            },
+        );
     };
     let (mem, data) = memory.data_and_store_mut(&mut *caller);
     let host = &mut data.host;
@@ -112,7 +129,10 @@ fn lock_mode(mode: i32) -> HostResult<LockMode> {
     match mode {
         0 => Ok(LockMode::Read),
         1 => Ok(LockMode::Write),
-        _ => Err(InvokeError::BadArgument { call: "lock", why: "lock mode must be 0 (read) or 1 (write)" }),
+        _ => Err(InvokeError::BadArgument {
+            call: "lock",
+            why: "lock mode must be 0 (read) or 1 (write)",
+        }),
     }
 }
 
@@ -162,30 +182,50 @@ fn encode_entries(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
 
 /// Adds the `psl` import module to a linker.
 pub(crate) fn add_to_linker(linker: &mut Linker<StoreData>) -> wasmtime::Result<()> {
-    linker.func_wrap(MODULE, "input_len", |mut c: Caller<'_, StoreData>| -> wasmtime::Result<i32> {
-        call(&mut c, "input_len", |_, host| Ok(host.input().len() as i32))
-    })?;
-    linker.func_wrap(MODULE, "input_read", |mut c: Caller<'_, StoreData>, ptr: i32, len: i32| {
-        call(&mut c, "input_read", |mem, host| {
-            let range = guest_range(mem.len(), "input_read", ptr, len)?;
-            let n = range.len().min(host.input().len());
-            let (dst, src) = (mem.get_mut(range.start..range.start + n), host.input().get(..n));
-            if let (Some(dst), Some(src)) = (dst, src) {
-                dst.copy_from_slice(src);
-            }
-            Ok(n as i32)
-        })
-    })?;
-    linker.func_wrap(MODULE, "output_write", |mut c: Caller<'_, StoreData>, ptr: i32, len: i32| {
-        call(&mut c, "output_write", |mem, host| {
-            host.output(slice(mem, "output_write", ptr, len)?)?;
-            Ok(code::OK)
-        })
-    })?;
+    linker.func_wrap(
+        MODULE,
+        "input_len",
+        |mut c: Caller<'_, StoreData>| -> wasmtime::Result<i32> {
+            call(&mut c, "input_len", |_, host| Ok(host.input().len() as i32))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "input_read",
+        |mut c: Caller<'_, StoreData>, ptr: i32, len: i32| {
+            call(&mut c, "input_read", |mem, host| {
+                let range = guest_range(mem.len(), "input_read", ptr, len)?;
+                let n = range.len().min(host.input().len());
+                let (dst, src) = (
+                    mem.get_mut(range.start..range.start + n),
+                    host.input().get(..n),
+                );
+                if let (Some(dst), Some(src)) = (dst, src) {
+                    dst.copy_from_slice(src);
+                }
+                Ok(n as i32)
+            })
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "output_write",
+        |mut c: Caller<'_, StoreData>, ptr: i32, len: i32| {
+            call(&mut c, "output_write", |mem, host| {
+                host.output(slice(mem, "output_write", ptr, len)?)?;
+                Ok(code::OK)
+            })
+        },
+    )?;
     linker.func_wrap(
         MODULE,
         "kv_get",
-        |mut c: Caller<'_, StoreData>, kp: i32, kl: i32, vp: i32, vc: i32| -> wasmtime::Result<i64> {
+        |mut c: Caller<'_, StoreData>,
+         kp: i32,
+         kl: i32,
+         vp: i32,
+         vc: i32|
+         -> wasmtime::Result<i64> {
             call(&mut c, "kv_get", |mem, host| {
                 // Check the output buffer even when the key turns out to be missing.
                 guest_range(mem.len(), "kv_get", vp, vc)?;
@@ -197,14 +237,18 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreData>) -> wasmtime::Result<
             })
         },
     )?;
-    linker.func_wrap(MODULE, "kv_take", |mut c: Caller<'_, StoreData>, ptr: i32, cap: i32| {
-        call(&mut c, "kv_take", |mem, host| -> HostResult<i64> {
-            let Some(value) = host.pending.take() else {
-                return Ok(i64::from(code::NOTHING_PENDING));
-            };
-            deliver(mem, host, "kv_take", (ptr, cap), value)
-        })
-    })?;
+    linker.func_wrap(
+        MODULE,
+        "kv_take",
+        |mut c: Caller<'_, StoreData>, ptr: i32, cap: i32| {
+            call(&mut c, "kv_take", |mem, host| -> HostResult<i64> {
+                let Some(value) = host.pending.take() else {
+                    return Ok(i64::from(code::NOTHING_PENDING));
+                };
+                deliver(mem, host, "kv_take", (ptr, cap), value)
+            })
+        },
+    )?;
     linker.func_wrap(
         MODULE,
         "kv_put",
@@ -215,12 +259,16 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreData>) -> wasmtime::Result<
             })
         },
     )?;
-    linker.func_wrap(MODULE, "kv_delete", |mut c: Caller<'_, StoreData>, kp: i32, kl: i32| {
-        call(&mut c, "kv_delete", |mem, host| {
-            let existed = host.delete(slice(mem, "kv_delete", kp, kl)?)?;
-            Ok(if existed { 1 } else { 0 })
-        })
-    })?;
+    linker.func_wrap(
+        MODULE,
+        "kv_delete",
+        |mut c: Caller<'_, StoreData>, kp: i32, kl: i32| {
+            call(&mut c, "kv_delete", |mem, host| {
+                let existed = host.delete(slice(mem, "kv_delete", kp, kl)?)?;
+                Ok(if existed { 1 } else { 0 })
+            })
+        },
+    )?;
     linker.func_wrap(
         MODULE,
         "kv_scan",
@@ -236,39 +284,55 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreData>) -> wasmtime::Result<
             })
         },
     )?;
-    linker.func_wrap(MODULE, "lock", |mut c: Caller<'_, StoreData>, np: i32, nl: i32, mode: i32| {
-        call(&mut c, "lock", |mem, host| {
-            let mode = lock_mode(mode)?;
-            host.lock(slice(mem, "lock", np, nl)?, mode)?;
-            Ok(code::OK)
-        })
-    })?;
-    linker.func_wrap(MODULE, "unlock", |mut c: Caller<'_, StoreData>, np: i32, nl: i32| {
-        call(&mut c, "unlock", |mem, host| {
-            host.unlock(slice(mem, "unlock", np, nl)?)?;
-            Ok(code::OK)
-        })
-    })?;
+    linker.func_wrap(
+        MODULE,
+        "lock",
+        |mut c: Caller<'_, StoreData>, np: i32, nl: i32, mode: i32| {
+            call(&mut c, "lock", |mem, host| {
+                let mode = lock_mode(mode)?;
+                host.lock(slice(mem, "lock", np, nl)?, mode)?;
+                Ok(code::OK)
+            })
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "unlock",
+        |mut c: Caller<'_, StoreData>, np: i32, nl: i32| {
+            call(&mut c, "unlock", |mem, host| {
+                host.unlock(slice(mem, "unlock", np, nl)?)?;
+                Ok(code::OK)
+            })
+        },
+    )?;
     linker.func_wrap(MODULE, "flush", |mut c: Caller<'_, StoreData>| {
         call(&mut c, "flush", |_, host| {
             host.flush()?;
             Ok(code::OK)
         })
     })?;
-    linker.func_wrap(MODULE, "log", |mut c: Caller<'_, StoreData>, level: i32, p: i32, l: i32| {
-        call(&mut c, "log", |mem, host| {
-            host.log(LogLevel::from_code(level), slice(mem, "log", p, l)?)?;
-            Ok(code::OK)
-        })
-    })?;
-    linker.func_wrap(MODULE, "fail", |mut c: Caller<'_, StoreData>, p: i32, l: i32| {
-        call(&mut c, "fail", |mem, host| {
-            let message = slice(mem, "fail", p, l)?;
-            let cut = &message[..message.len().min(4096)];
-            host.guest_error = Some(String::from_utf8_lossy(cut).into_owned());
-            Ok(code::OK)
-        })
-    })?;
+    linker.func_wrap(
+        MODULE,
+        "log",
+        |mut c: Caller<'_, StoreData>, level: i32, p: i32, l: i32| {
+            call(&mut c, "log", |mem, host| {
+                host.log(LogLevel::from_code(level), slice(mem, "log", p, l)?)?;
+                Ok(code::OK)
+            })
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "fail",
+        |mut c: Caller<'_, StoreData>, p: i32, l: i32| {
+            call(&mut c, "fail", |mem, host| {
+                let message = slice(mem, "fail", p, l)?;
+                let cut = &message[..message.len().min(4096)];
+                host.guest_error = Some(String::from_utf8_lossy(cut).into_owned());
+                Ok(code::OK)
+            })
+        },
+    )?;
     Ok(())
 }
 
@@ -291,6 +355,9 @@ mod tests {
     #[test]
     fn scan_encoding_is_length_prefixed() {
         let bytes = encode_entries(&[(b"a".to_vec(), b"xy".to_vec())]);
-        assert_eq!(bytes, [1, 0, 0, 0, 1, 0, 0, 0, b'a', 2, 0, 0, 0, b'x', b'y']);
+        assert_eq!(
+            bytes,
+            [1, 0, 0, 0, 1, 0, 0, 0, b'a', 2, 0, 0, 0, b'x', b'y']
+        );
     }
 }

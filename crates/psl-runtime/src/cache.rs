@@ -36,17 +36,27 @@ pub enum Lookup {
 
 impl ArtifactCache {
     /// Opens (creating) a cache directory for artifacts of `engine`.
-    pub fn open(dir: &Path, key: [u8; 32], engine: &wasmtime::Engine, mode_tag: u8) -> std::io::Result<Self> {
+    pub fn open(
+        dir: &Path,
+        key: [u8; 32],
+        engine: &wasmtime::Engine,
+        mode_tag: u8,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         INSTRUMENT_VERSION.hash(&mut hasher);
         mode_tag.hash(&mut hasher);
-        Ok(Self { dir: dir.to_path_buf(), key, engine_tag: hasher.finish() })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            key,
+            engine_tag: hasher.finish(),
+        })
     }
 
     fn path(&self, id: &FunctionId) -> PathBuf {
-        self.dir.join(format!("{}-{:016x}.cwasm", id.to_hex(), self.engine_tag))
+        self.dir
+            .join(format!("{}-{:016x}.cwasm", id.to_hex(), self.engine_tag))
     }
 
     fn mac(&self, id: &FunctionId, artifact: &[u8]) -> [u8; MAC_BYTES] {
@@ -61,7 +71,9 @@ impl ArtifactCache {
     /// Looks up the artifact of `id`, checking its MAC.
     pub fn get(&self, id: &FunctionId) -> Lookup {
         let path = self.path(id);
-        let Ok(bytes) = std::fs::read(&path) else { return Lookup::Miss };
+        let Ok(bytes) = std::fs::read(&path) else {
+            return Lookup::Miss;
+        };
         let (Some(mac), Some(artifact)) = (bytes.get(..MAC_BYTES), bytes.get(MAC_BYTES..)) else {
             let _ = std::fs::remove_file(&path);
             return Lookup::Rejected;

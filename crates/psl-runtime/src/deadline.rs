@@ -50,7 +50,9 @@ pub const FLAG_IMPORT: (&str, &str) = ("psl", "deadline");
 /// Rewrites a validated module so that it checks the deadline flag at every function entry and
 /// loop header. The caller must have validated `wasm` and refused memory imports.
 pub fn instrument(wasm: &[u8]) -> Result<Vec<u8>, String> {
-    let mut rewriter = Rewriter { import_added: false };
+    let mut rewriter = Rewriter {
+        import_added: false,
+    };
     let mut module = wasm_encoder::Module::new();
     rewriter
         .parse_core_module(&mut module, wasmparser::Parser::new(0), wasm)
@@ -77,7 +79,11 @@ impl Rewriter {
 }
 
 fn emit_check(function: &mut wasm_encoder::Function) {
-    let flag = MemArg { offset: 0, align: 2, memory_index: 0 };
+    let flag = MemArg {
+        offset: 0,
+        align: 2,
+        memory_index: 0,
+    };
     function.instruction(&Instruction::I32Const(0));
     // An atomic load: a plain load would be merged by Cranelift's redundant-load elimination
     // with the entry check (no store in between), i.e. hoisted out of the loop. On x86-64 an
@@ -143,7 +149,6 @@ impl Reencode for Rewriter {
     }
 }
 
-
 /// A deadline flag: the shared memory one invocation imports.
 #[derive(Clone)]
 pub struct Flag(SharedMemory);
@@ -158,7 +163,10 @@ impl Flag {
         // aligned, so it is aligned for u32; the bytes sit in `UnsafeCell`s, and all host
         // accesses go through this atomic while the guest only reads them with wasm loads,
         // which is the concurrent access shared memories are made for.
-        #[allow(unsafe_code, reason = "atomic access to a shared wasm memory, argued above")]
+        #[allow(
+            unsafe_code,
+            reason = "atomic access to a shared wasm memory, argued above"
+        )]
         unsafe {
             AtomicU32::from_ptr(ptr)
         }
@@ -235,7 +243,10 @@ impl Timer {
         let thread = std::thread::Builder::new()
             .name("psl-deadline".into())
             .spawn(move || run_timer(&for_thread))?;
-        Ok(Self { shared, thread: Some(thread) })
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
     }
 
     /// Raises `flag` at `deadline` unless disarmed first.
@@ -247,7 +258,10 @@ impl Timer {
         };
         let id = state.next_id;
         state.next_id = state.next_id.wrapping_add(1);
-        let earliest = state.queue.peek().is_none_or(|Reverse((at, _))| deadline < *at);
+        let earliest = state
+            .queue
+            .peek()
+            .is_none_or(|Reverse((at, _))| deadline < *at);
         state.queue.push(Reverse((deadline, id)));
         state.armed.insert(id, flag.clone());
         drop(state);
@@ -344,7 +358,9 @@ mod tests {
         // The module's own memory is now memory 1, behind the imported flag.
         let mut features = wasmparser::WasmFeatures::default();
         features.insert(wasmparser::WasmFeatures::THREADS);
-        wasmparser::Validator::new_with_features(features).validate_all(&out).unwrap();
+        wasmparser::Validator::new_with_features(features)
+            .validate_all(&out)
+            .unwrap();
     }
 
     #[test]

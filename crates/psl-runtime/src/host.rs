@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{InvokeError, Limit};
 use crate::limits::InvocationLimits;
-use crate::state::{LockMode, Session};
+use crate::state::{Entries, LockMode, Session};
 
 /// Severity of a guest log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +60,7 @@ pub trait Host {
     /// Deletes a key; returns whether it existed.
     fn delete(&mut self, key: &[u8]) -> Result<bool, InvokeError>;
     /// Lists up to `limit` entries under `prefix`.
-    fn scan(&mut self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, InvokeError>;
+    fn scan(&mut self, prefix: &[u8], limit: usize) -> Result<Entries, InvokeError>;
     /// Acquires a lock (blocks until granted or the wait limit passes).
     fn lock(&mut self, name: &[u8], mode: LockMode) -> Result<(), InvokeError>;
     /// Flushes, then releases a lock.
@@ -125,7 +125,9 @@ impl HostCtx {
             });
         }
         if Instant::now() >= self.deadline {
-            return Err(InvokeError::DeadlineExceeded(self.limits.execution_time_max));
+            return Err(InvokeError::DeadlineExceeded(
+                self.limits.execution_time_max,
+            ));
         }
         Ok(())
     }
@@ -158,7 +160,11 @@ impl HostCtx {
 
 fn check_len(limit: Limit, len: usize, max: usize) -> Result<(), InvokeError> {
     if len > max {
-        return Err(InvokeError::Limit { limit, requested: len as u64, max: max as u64 });
+        return Err(InvokeError::Limit {
+            limit,
+            requested: len as u64,
+            max: max as u64,
+        });
     }
     Ok(())
 }
@@ -191,7 +197,7 @@ impl Host for HostCtx {
         Ok(self.session.delete(key)?)
     }
 
-    fn scan(&mut self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, InvokeError> {
+    fn scan(&mut self, prefix: &[u8], limit: usize) -> Result<Entries, InvokeError> {
         self.check_key(prefix)?;
         check_len(Limit::ScanEntries, limit, self.limits.scan_entries_max)?;
         Ok(self.session.scan_prefix(prefix, limit)?)

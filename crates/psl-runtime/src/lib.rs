@@ -27,4 +27,4 @@ pub use limits::{InvocationLimits, Limits, ModuleLimits, WorkerLimits};
 pub use module::{Entry, FunctionId, ModuleInfo};
 pub use native::{NativeFunction, NoState};
 pub use runtime::{DeadlineMode, Function, Outcome, Runtime, RuntimeConfig, RuntimeError};
-pub use state::{LockMode, Session, State, StateError};
+pub use state::{Entries, LockMode, Session, State, StateError};

@@ -92,7 +92,11 @@ fn shape(what: &'static str, value: u64, max: u64) -> Result<(), DeployError> {
 
 fn check_import(module: &str, name: &str, ty: &TypeRef) -> Result<(), DeployError> {
     let refuse = |why| {
-        Err(DeployError::ForbiddenImport { module: module.into(), name: name.into(), why })
+        Err(DeployError::ForbiddenImport {
+            module: module.into(),
+            name: name.into(),
+            why,
+        })
     };
     if !matches!(ty, TypeRef::Func(_) | TypeRef::FuncExact(_)) {
         return refuse("only functions may be imported");
@@ -109,16 +113,27 @@ fn check_import(module: &str, name: &str, ty: &TypeRef) -> Result<(), DeployErro
 ///
 /// `memory_bytes_max` is the invocation memory limit: a module whose initial memory is larger
 /// could never run, so it is refused here.
-pub fn inspect(wasm: &[u8], limits: &ModuleLimits, memory_bytes_max: u64) -> Result<ModuleInfo, DeployError> {
+pub fn inspect(
+    wasm: &[u8],
+    limits: &ModuleLimits,
+    memory_bytes_max: u64,
+) -> Result<ModuleInfo, DeployError> {
     if wasm.len() > limits.module_bytes_max {
-        return Err(DeployError::TooLarge { bytes: wasm.len(), max: limits.module_bytes_max });
+        return Err(DeployError::TooLarge {
+            bytes: wasm.len(),
+            max: limits.module_bytes_max,
+        });
     }
     if !wasm.starts_with(b"\0asm") {
-        return Err(DeployError::Malformed("not a WebAssembly module (no \\0asm magic header)".into()));
+        return Err(DeployError::Malformed(
+            "not a WebAssembly module (no \\0asm magic header)".into(),
+        ));
     }
     Validator::new_with_features(guest_features())
         .validate_all(wasm)
-        .map_err(|e| DeployError::Malformed(format!("{} (at byte {:#x})", e.message(), e.offset())))?;
+        .map_err(|e| {
+            DeployError::Malformed(format!("{} (at byte {:#x})", e.message(), e.offset()))
+        })?;
     let mut functions = 0u64;
     let mut data_bytes = 0u64;
     let (mut has_run, mut has_start, mut has_initialize) = (false, false, false);
@@ -138,18 +153,28 @@ pub fn inspect(wasm: &[u8], limits: &ModuleLimits, memory_bytes_max: u64) -> Res
             Payload::MemorySection(section) => {
                 for memory in section {
                     let memory = memory.map_err(|e| DeployError::Malformed(e.to_string()))?;
-                    let bytes = memory.initial.saturating_mul(1 << memory.page_size_log2.unwrap_or(16));
+                    let bytes = memory
+                        .initial
+                        .saturating_mul(1 << memory.page_size_log2.unwrap_or(16));
                     shape("initial memory bytes", bytes, memory_bytes_max)?;
                 }
             }
             Payload::TableSection(section) => {
                 for table in section {
                     let table = table.map_err(|e| DeployError::Malformed(e.to_string()))?;
-                    shape("table elements", table.ty.initial, limits.table_elements_max)?;
+                    shape(
+                        "table elements",
+                        table.ty.initial,
+                        limits.table_elements_max,
+                    )?;
                 }
             }
             Payload::ExportSection(section) => {
-                shape("exports", u64::from(section.count()), u64::from(limits.exports_max))?;
+                shape(
+                    "exports",
+                    u64::from(section.count()),
+                    u64::from(limits.exports_max),
+                )?;
                 for export in section {
                     let export = export.map_err(|e| DeployError::Malformed(e.to_string()))?;
                     match export.name {
@@ -168,14 +193,24 @@ pub fn inspect(wasm: &[u8], limits: &ModuleLimits, memory_bytes_max: u64) -> Res
             }
             Payload::CodeSectionEntry(body) => {
                 let size = body.range().len() as u64;
-                shape("function body bytes", size, u64::from(limits.function_body_bytes_max))?;
+                shape(
+                    "function body bytes",
+                    size,
+                    u64::from(limits.function_body_bytes_max),
+                )?;
                 let mut locals = 0u64;
-                let reader = body.get_locals_reader().map_err(|e| DeployError::Malformed(e.to_string()))?;
+                let reader = body
+                    .get_locals_reader()
+                    .map_err(|e| DeployError::Malformed(e.to_string()))?;
                 for local in reader {
                     let (count, _) = local.map_err(|e| DeployError::Malformed(e.to_string()))?;
                     locals = locals.saturating_add(u64::from(count));
                 }
-                shape("function locals", locals, u64::from(limits.function_locals_max))?;
+                shape(
+                    "function locals",
+                    locals,
+                    u64::from(limits.function_locals_max),
+                )?;
             }
             _ => {}
         }
@@ -187,7 +222,12 @@ pub fn inspect(wasm: &[u8], limits: &ModuleLimits, memory_bytes_max: u64) -> Res
         (false, true) => Entry::Start,
         (false, false) => Entry::None,
     };
-    Ok(ModuleInfo { id: FunctionId::of(wasm), entry, has_initialize, bytes: wasm.len() })
+    Ok(ModuleInfo {
+        id: FunctionId::of(wasm),
+        entry,
+        has_initialize,
+        bytes: wasm.len(),
+    })
 }
 
 #[cfg(test)]
@@ -211,27 +251,59 @@ mod tests {
     #[test]
     fn refuses_unknown_imports_and_memory_imports() {
         let m = wat(r#"(module (import "env" "f" (func)) (func (export "_start")))"#);
-        assert!(matches!(inspect(&m, &ModuleLimits::default(), MEM), Err(DeployError::ForbiddenImport { .. })));
+        assert!(matches!(
+            inspect(&m, &ModuleLimits::default(), MEM),
+            Err(DeployError::ForbiddenImport { .. })
+        ));
         let m = wat(r#"(module (import "psl" "deadline" (memory 1)) (func (export "_start")))"#);
-        assert!(matches!(inspect(&m, &ModuleLimits::default(), MEM), Err(DeployError::ForbiddenImport { .. })));
+        assert!(matches!(
+            inspect(&m, &ModuleLimits::default(), MEM),
+            Err(DeployError::ForbiddenImport { .. })
+        ));
         let m = wat(r#"(module (import "psl" "nope" (func)) (func (export "_start")))"#);
-        assert!(matches!(inspect(&m, &ModuleLimits::default(), MEM), Err(DeployError::ForbiddenImport { .. })));
+        assert!(matches!(
+            inspect(&m, &ModuleLimits::default(), MEM),
+            Err(DeployError::ForbiddenImport { .. })
+        ));
     }
 
     #[test]
     fn refuses_shared_memory_and_missing_entry() {
         let m = wat(r#"(module (memory 1 1 shared) (func (export "_start")))"#);
-        assert!(matches!(inspect(&m, &ModuleLimits::default(), MEM), Err(DeployError::Malformed(_))));
+        assert!(matches!(
+            inspect(&m, &ModuleLimits::default(), MEM),
+            Err(DeployError::Malformed(_))
+        ));
         let m = wat(r#"(module (func (export "main")))"#);
-        assert_eq!(inspect(&m, &ModuleLimits::default(), MEM).unwrap().entry, Entry::None);
+        assert_eq!(
+            inspect(&m, &ModuleLimits::default(), MEM).unwrap().entry,
+            Entry::None
+        );
     }
 
     #[test]
     fn enforces_shape_limits() {
-        let limits = ModuleLimits { function_locals_max: 10, ..ModuleLimits::default() };
-        let m = wat(r#"(module (func (export "_start") (local i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32)))"#);
-        assert!(matches!(inspect(&m, &limits, MEM), Err(DeployError::Shape { what: "function locals", .. })));
-        let limits = ModuleLimits { module_bytes_max: 8, ..ModuleLimits::default() };
-        assert!(matches!(inspect(&m, &limits, MEM), Err(DeployError::TooLarge { .. })));
+        let limits = ModuleLimits {
+            function_locals_max: 10,
+            ..ModuleLimits::default()
+        };
+        let m = wat(
+            r#"(module (func (export "_start") (local i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32)))"#,
+        );
+        assert!(matches!(
+            inspect(&m, &limits, MEM),
+            Err(DeployError::Shape {
+                what: "function locals",
+                ..
+            })
+        ));
+        let limits = ModuleLimits {
+            module_bytes_max: 8,
+            ..ModuleLimits::default()
+        };
+        assert!(matches!(
+            inspect(&m, &limits, MEM),
+            Err(DeployError::TooLarge { .. })
+        ));
     }
 }

@@ -33,19 +33,27 @@ impl Session for NoState {
         Ok(None)
     }
     fn put(&mut self, _: &[u8], _: &[u8]) -> Result<(), StateError> {
-        Err(StateError::Unavailable("this function runs without state".into()))
+        Err(StateError::Unavailable(
+            "this function runs without state".into(),
+        ))
     }
     fn delete(&mut self, _: &[u8]) -> Result<bool, StateError> {
-        Err(StateError::Unavailable("this function runs without state".into()))
+        Err(StateError::Unavailable(
+            "this function runs without state".into(),
+        ))
     }
     fn scan_prefix(&mut self, _: &[u8], _: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
         Ok(Vec::new())
     }
     fn lock(&mut self, _: &[u8], _: LockMode, _: Duration) -> Result<(), StateError> {
-        Err(StateError::Unavailable("this function runs without state".into()))
+        Err(StateError::Unavailable(
+            "this function runs without state".into(),
+        ))
     }
     fn unlock(&mut self, name: &[u8]) -> Result<(), StateError> {
-        Err(StateError::NotHeld(String::from_utf8_lossy(name).into_owned()))
+        Err(StateError::NotHeld(
+            String::from_utf8_lossy(name).into_owned(),
+        ))
     }
     fn flush(&mut self) -> Result<(), StateError> {
         Ok(())

@@ -22,6 +22,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
+use crate::abi;
 use crate::cache::{ArtifactCache, Lookup};
 use crate::deadline::{self, Armed, Flag, Timer};
 use crate::error::{DeployError, InvokeError, Limit};
@@ -30,7 +31,6 @@ use crate::limits::Limits;
 use crate::module::{self, Entry, FunctionId, ModuleInfo};
 use crate::native::NativeFunction;
 use crate::state::Session;
-use crate::abi;
 
 /// How execution deadlines are enforced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +103,12 @@ pub(crate) struct GuestLimiter {
 }
 
 impl ResourceLimiter for GuestLimiter {
-    fn memory_growing(&mut self, _: usize, desired: usize, _: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _: usize,
+        desired: usize,
+        _: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes_max {
             self.denied = Some(InvokeError::Limit {
                 limit: Limit::MemoryBytes,
@@ -115,7 +120,12 @@ impl ResourceLimiter for GuestLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _: usize, desired: usize, _: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _: usize,
+        desired: usize,
+        _: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.table_elements_max {
             self.denied = Some(InvokeError::Limit {
                 limit: Limit::TableElements,
@@ -273,20 +283,33 @@ fn engine_config(config: &RuntimeConfig) -> Config {
 }
 
 fn placeholder_store(engine: &Engine, limits: &Limits) -> Result<Store<StoreData>, RuntimeError> {
-    let host = HostCtx::new(Vec::new(), Box::new(crate::native::NoState), limits.invocation.clone(), Instant::now())
-        .map_err(|e| RuntimeError::Engine(e.to_string()))?;
-    Ok(Store::new(engine, StoreData {
-        wasi: WasiCtxBuilder::new().build_p1(),
-        host,
-        limiter: GuestLimiter { memory_bytes_max: 0, table_elements_max: 0, denied: None },
-        memory: None,
-    }))
+    let host = HostCtx::new(
+        Vec::new(),
+        Box::new(crate::native::NoState),
+        limits.invocation.clone(),
+        Instant::now(),
+    )
+    .map_err(|e| RuntimeError::Engine(e.to_string()))?;
+    Ok(Store::new(
+        engine,
+        StoreData {
+            wasi: WasiCtxBuilder::new().build_p1(),
+            host,
+            limiter: GuestLimiter {
+                memory_bytes_max: 0,
+                table_elements_max: 0,
+                denied: None,
+            },
+            memory: None,
+        },
+    ))
 }
 
 impl Runtime {
     /// Creates a runtime with its engine, instance pool, deadline timer and cache.
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        let engine = Engine::new(&engine_config(&config)).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let engine = Engine::new(&engine_config(&config))
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let mut base: Linker<StoreData> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut base, |d| &mut d.wasi)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
@@ -297,16 +320,27 @@ impl Runtime {
         for _ in 0..n_slots {
             let mut linker = base.clone();
             if config.deadline == DeadlineMode::Flag {
-                let flag = Flag::new(&engine).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+                let flag =
+                    Flag::new(&engine).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
                 linker
-                    .define(&placeholder, deadline::FLAG_IMPORT.0, deadline::FLAG_IMPORT.1, flag.memory().clone())
+                    .define(
+                        &placeholder,
+                        deadline::FLAG_IMPORT.0,
+                        deadline::FLAG_IMPORT.1,
+                        flag.memory().clone(),
+                    )
                     .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
                 flags.push(flag);
             }
             linkers.push(linker);
         }
         let cache = match &config.cache_dir {
-            Some(dir) => Some(ArtifactCache::open(dir, config.cache_key, &engine, config.deadline.tag())?),
+            Some(dir) => Some(ArtifactCache::open(
+                dir,
+                config.cache_key,
+                &engine,
+                config.deadline.tag(),
+            )?),
             None => None,
         };
         let epoch_ticker = (config.deadline == DeadlineMode::Epoch).then(|| start_ticker(&engine));
@@ -315,7 +349,10 @@ impl Runtime {
             linkers,
             flags,
             timer: Timer::start()?,
-            slots: Slots { free: Mutex::new((0..n_slots).rev().collect()), freed: Condvar::new() },
+            slots: Slots {
+                free: Mutex::new((0..n_slots).rev().collect()),
+                freed: Condvar::new(),
+            },
             config,
             functions: Mutex::new(HashMap::new()),
             cache,
@@ -348,8 +385,15 @@ impl Runtime {
         }
         let module = self.load_or_compile(&info, wasm)?;
         let n_slots = self.linkers.len();
-        let function = Arc::new(Function { info, module, pres: (0..n_slots).map(|_| OnceLock::new()).collect() });
-        let mut functions = self.functions.lock().map_err(|_| DeployError::Compile("registry lock poisoned".into()))?;
+        let function = Arc::new(Function {
+            info,
+            module,
+            pres: (0..n_slots).map(|_| OnceLock::new()).collect(),
+        });
+        let mut functions = self
+            .functions
+            .lock()
+            .map_err(|_| DeployError::Compile("registry lock poisoned".into()))?;
         if functions.len() >= self.config.limits.worker.modules_cached_max {
             // Evict an arbitrary entry: callers keep their own Arc, so nothing in flight breaks.
             if let Some(victim) = functions.keys().next().copied() {
@@ -361,18 +405,20 @@ impl Runtime {
     }
 
     fn load_or_compile(&self, info: &ModuleInfo, wasm: &[u8]) -> Result<Module, DeployError> {
-        if let Some(cache) = &self.cache {
-            if let Lookup::Hit(artifact) = cache.get(&info.id) {
-                // SAFETY: `deserialize` runs machine code that `artifact` describes. The bytes
-                // come from this cache only after their MAC verified under a key only this
-                // worker holds, and the entry name binds the module hash, this engine's
-                // compatibility hash and the rewrite version: they are exactly what this
-                // engine's `serialize` wrote for this module.
-                #[allow(unsafe_code, reason = "authenticated artifact, argued above")]
-                let loaded = unsafe { Module::deserialize(&self.engine, &artifact) };
-                match loaded {
-                    Ok(module) => return Ok(module),
-                    Err(e) => tracing::warn!(error = %e, "cached artifact did not load; recompiling"),
+        if let Some(cache) = &self.cache
+            && let Lookup::Hit(artifact) = cache.get(&info.id)
+        {
+            // SAFETY: `deserialize` runs machine code that `artifact` describes. The bytes
+            // come from this cache only after their MAC verified under a key only this
+            // worker holds, and the entry name binds the module hash, this engine's
+            // compatibility hash and the rewrite version: they are exactly what this
+            // engine's `serialize` wrote for this module.
+            #[allow(unsafe_code, reason = "authenticated artifact, argued above")]
+            let loaded = unsafe { Module::deserialize(&self.engine, &artifact) };
+            match loaded {
+                Ok(module) => return Ok(module),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cached artifact did not load; recompiling")
                 }
             }
         }
@@ -395,18 +441,22 @@ impl Runtime {
             DeadlineMode::Flag => deadline::instrument(wasm).map_err(DeployError::Compile)?,
             DeadlineMode::Epoch | DeadlineMode::Unbounded => wasm.to_vec(),
         };
-        if self.abandoned_compiles.load(Ordering::Acquire) >= self.config.limits.module.abandoned_compiles_max {
+        if self.abandoned_compiles.load(Ordering::Acquire)
+            >= self.config.limits.module.abandoned_compiles_max
+        {
             return Err(DeployError::CompilerBusy);
         }
         let (tx, rx) = mpsc::sync_channel(1);
         let engine = self.engine.clone();
         let abandoned = Arc::clone(&self.abandoned_compiles);
-        let spawned = std::thread::Builder::new().name("psl-compile".into()).spawn(move || {
-            let result = Module::new(&engine, &code).map_err(|e| format!("{e:#}"));
-            if tx.send(result).is_err() {
-                abandoned.fetch_sub(1, Ordering::AcqRel);
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("psl-compile".into())
+            .spawn(move || {
+                let result = Module::new(&engine, &code).map_err(|e| format!("{e:#}"));
+                if tx.send(result).is_err() {
+                    abandoned.fetch_sub(1, Ordering::AcqRel);
+                }
+            });
         spawned.map_err(|e| DeployError::Compile(format!("cannot start compiler thread: {e}")))?;
         let limit = self.config.limits.module.compile_time_max;
         match rx.recv_timeout(limit) {
@@ -422,21 +472,38 @@ impl Runtime {
     }
 
     /// Runs a deployed function on `input` with `session` as its state.
-    pub fn invoke(&self, function: &Function, input: Vec<u8>, session: Box<dyn Session>) -> Outcome {
-        self.execute(function, input, session, |store, instance| call_entry(store, instance, function.info.entry))
+    pub fn invoke(
+        &self,
+        function: &Function,
+        input: Vec<u8>,
+        session: Box<dyn Session>,
+    ) -> Outcome {
+        self.execute(function, input, session, |store, instance| {
+            call_entry(store, instance, function.info.entry)
+        })
     }
 
     /// Calls an export of type `(i32) -> f64` under exactly the production limits and deadline
     /// (used by the compute benchmark); returns its result and the time of the call alone.
-    pub fn call_export_f64(&self, function: &Function, export: &str, arg: i32) -> Result<(f64, Duration), InvokeError> {
+    pub fn call_export_f64(
+        &self,
+        function: &Function,
+        export: &str,
+        arg: i32,
+    ) -> Result<(f64, Duration), InvokeError> {
         let mut result = None;
-        let outcome = self.execute(function, Vec::new(), Box::new(crate::native::NoState), |store, instance| {
-            let f = instance.get_typed_func::<i32, f64>(&mut *store, export)?;
-            let started = Instant::now();
-            let value = f.call(&mut *store, arg)?;
-            result = Some((value, started.elapsed()));
-            Ok(None)
-        });
+        let outcome = self.execute(
+            function,
+            Vec::new(),
+            Box::new(crate::native::NoState),
+            |store, instance| {
+                let f = instance.get_typed_func::<i32, f64>(&mut *store, export)?;
+                let started = Instant::now();
+                let value = f.call(&mut *store, arg)?;
+                result = Some((value, started.elapsed()));
+                Ok(None)
+            },
+        );
         outcome.result?;
         result.ok_or_else(|| InvokeError::Internal("export returned no value".into()))
     }
@@ -456,7 +523,12 @@ impl Runtime {
         };
         let host = match HostCtx::new(input, session, limits.invocation.clone(), started) {
             Ok(host) => host,
-            Err(error) => return Outcome { result: Err(error), ..empty(started) },
+            Err(error) => {
+                return Outcome {
+                    result: Err(error),
+                    ..empty(started)
+                };
+            }
         };
         let cap = limits.invocation.stdio_bytes_max;
         let (stdout, stderr) = (MemoryOutputPipe::new(cap), MemoryOutputPipe::new(cap));
@@ -470,7 +542,15 @@ impl Runtime {
             table_elements_max: limits.invocation.table_elements_max,
             denied: None,
         };
-        let mut store = Store::new(&self.engine, StoreData { wasi, host, limiter, memory: None });
+        let mut store = Store::new(
+            &self.engine,
+            StoreData {
+                wasi,
+                host,
+                limiter,
+                memory: None,
+            },
+        );
         store.limiter(|d| &mut d.limiter);
         let budget = limits.invocation.execution_time_max;
         if self.config.deadline == DeadlineMode::Epoch {
@@ -479,7 +559,9 @@ impl Runtime {
         }
         let flag = self.flags.get(slot.index);
         let armed: Option<Armed<'_>> = flag.map(|flag| self.timer.arm(flag, started + budget));
-        let run = self.instantiate(&mut store, function, slot.index).and_then(|instance| body(&mut store, &instance));
+        let run = self
+            .instantiate(&mut store, function, slot.index)
+            .and_then(|instance| body(&mut store, &instance));
         drop(armed);
         let fired = flag.is_some_and(Flag::is_set);
         if let Some(flag) = flag {
@@ -490,9 +572,17 @@ impl Runtime {
         let fault = data.host.fault.take().or(data.limiter.denied.take());
         let guest_error = data.host.guest_error.clone();
         let (output, logs, host_calls, ended) = data.host.finish();
-        let result = classify(run, fault, guest_error, fired, self.config.deadline, limits.invocation.wasm_stack_bytes_max, budget)
-            .and_then(|()| ended)
-            .map(|()| output);
+        let result = classify(
+            run,
+            fault,
+            guest_error,
+            fired,
+            self.config.deadline,
+            limits.invocation.wasm_stack_bytes_max,
+            budget,
+        )
+        .and(ended)
+        .map(|()| output);
         Outcome {
             result,
             stdout: stdout.contents().to_vec(),
@@ -503,31 +593,59 @@ impl Runtime {
         }
     }
 
-    fn instantiate(&self, store: &mut Store<StoreData>, function: &Function, slot: usize) -> wasmtime::Result<wasmtime::Instance> {
+    fn instantiate(
+        &self,
+        store: &mut Store<StoreData>,
+        function: &Function,
+        slot: usize,
+    ) -> wasmtime::Result<wasmtime::Instance> {
         let pre = match function.pres.get(slot).and_then(OnceLock::get) {
             Some(pre) => pre,
             None => {
-                let linker = self.linkers.get(slot).ok_or_else(|| wasmtime::Error::msg("no linker for slot"))?;
+                let linker = self
+                    .linkers
+                    .get(slot)
+                    .ok_or_else(|| wasmtime::Error::msg("no linker for slot"))?;
                 let pre = linker.instantiate_pre(&function.module)?;
-                let cell = function.pres.get(slot).ok_or_else(|| wasmtime::Error::msg("no slot"))?;
+                let cell = function
+                    .pres
+                    .get(slot)
+                    .ok_or_else(|| wasmtime::Error::msg("no slot"))?;
                 cell.get_or_init(|| pre)
             }
         };
         let instance = pre.instantiate(&mut *store)?;
         store.data_mut().memory = instance.get_memory(&mut *store, "memory");
         if function.info.has_initialize {
-            instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?.call(&mut *store, ())?;
+            instance
+                .get_typed_func::<(), ()>(&mut *store, "_initialize")?
+                .call(&mut *store, ())?;
         }
         Ok(instance)
     }
 
     /// Runs a native function with the same host API and limits (no deadline can interrupt
     /// native code; host calls still check it).
-    pub fn invoke_native(&self, function: &dyn NativeFunction, input: Vec<u8>, session: Box<dyn Session>) -> Outcome {
+    pub fn invoke_native(
+        &self,
+        function: &dyn NativeFunction,
+        input: Vec<u8>,
+        session: Box<dyn Session>,
+    ) -> Outcome {
         let started = Instant::now();
-        let mut host = match HostCtx::new(input, session, self.config.limits.invocation.clone(), started) {
+        let mut host = match HostCtx::new(
+            input,
+            session,
+            self.config.limits.invocation.clone(),
+            started,
+        ) {
             Ok(host) => host,
-            Err(error) => return Outcome { result: Err(error), ..empty(started) },
+            Err(error) => {
+                return Outcome {
+                    result: Err(error),
+                    ..empty(started)
+                };
+            }
         };
         let called = function.call(&mut host);
         let (output, logs, host_calls, ended) = host.finish();
@@ -540,7 +658,11 @@ impl Runtime {
     }
 }
 
-fn call_entry(store: &mut Store<StoreData>, instance: &wasmtime::Instance, entry: Entry) -> wasmtime::Result<Option<i32>> {
+fn call_entry(
+    store: &mut Store<StoreData>,
+    instance: &wasmtime::Instance,
+    entry: Entry,
+) -> wasmtime::Result<Option<i32>> {
     match entry {
         Entry::PslRun => {
             let run = instance.get_typed_func::<(), i32>(&mut *store, "psl_run")?;
@@ -571,7 +693,10 @@ fn empty(started: Instant) -> Outcome {
 
 fn failed(error: InvokeError, started: Instant, mut session: Box<dyn Session>) -> Outcome {
     let _ = session.finish();
-    Outcome { result: Err(error), ..empty(started) }
+    Outcome {
+        result: Err(error),
+        ..empty(started)
+    }
 }
 
 fn classify(
@@ -586,7 +711,9 @@ fn classify(
     let error = match run {
         Ok(None) | Ok(Some(0)) => return Ok(()),
         Ok(Some(code)) => {
-            return Err(InvokeError::Guest(guest_error.unwrap_or_else(|| format!("psl_run returned {code}"))));
+            return Err(InvokeError::Guest(
+                guest_error.unwrap_or_else(|| format!("psl_run returned {code}")),
+            ));
         }
         Err(error) => error,
     };
@@ -594,11 +721,19 @@ fn classify(
         return Err(fault);
     }
     if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
-        return if exit.0 == 0 { Ok(()) } else { Err(InvokeError::Exit(exit.0)) };
+        return if exit.0 == 0 {
+            Ok(())
+        } else {
+            Err(InvokeError::Exit(exit.0))
+        };
     }
     match error.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) if mode == DeadlineMode::Epoch => Err(InvokeError::DeadlineExceeded(budget)),
-        Some(wasmtime::Trap::UnreachableCodeReached) if deadline_fired => Err(InvokeError::DeadlineExceeded(budget)),
+        Some(wasmtime::Trap::Interrupt) if mode == DeadlineMode::Epoch => {
+            Err(InvokeError::DeadlineExceeded(budget))
+        }
+        Some(wasmtime::Trap::UnreachableCodeReached) if deadline_fired => {
+            Err(InvokeError::DeadlineExceeded(budget))
+        }
         Some(wasmtime::Trap::StackOverflow) => Err(InvokeError::StackOverflow(stack_max)),
         Some(trap) => Err(InvokeError::Trap(format!("{trap}"))),
         None => Err(InvokeError::Trap(format!("{error:#}"))),

@@ -41,6 +41,9 @@ pub enum StateError {
     Limit(String),
 }
 
+/// Key-value entries in key order, as a scan returns them.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A worker's state backend.
 pub trait State: Send + Sync + 'static {
     /// Opens the session for one invocation.
@@ -58,11 +61,7 @@ pub trait Session: Send {
     /// Deletes a key; returns whether it existed.
     fn delete(&mut self, key: &[u8]) -> Result<bool, StateError>;
     /// Returns up to `limit` entries whose keys start with `prefix`, in key order.
-    fn scan_prefix(
-        &mut self,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError>;
+    fn scan_prefix(&mut self, prefix: &[u8], limit: usize) -> Result<Entries, StateError>;
     /// Acquires a lock, waiting up to `wait` for the grant. When it returns, every write
     /// released under this lock before is visible to this session.
     fn lock(&mut self, name: &[u8], mode: LockMode, wait: Duration) -> Result<(), StateError>;

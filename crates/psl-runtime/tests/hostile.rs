@@ -27,9 +27,18 @@ impl Session for MapState {
     fn delete(&mut self, key: &[u8]) -> Result<bool, StateError> {
         Ok(self.0.lock().unwrap().remove(key).is_some())
     }
-    fn scan_prefix(&mut self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    fn scan_prefix(
+        &mut self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
         let map = self.0.lock().unwrap();
-        Ok(map.iter().filter(|(k, _)| k.starts_with(prefix)).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect())
+        Ok(map
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
     fn lock(&mut self, _: &[u8], _: LockMode, _: Duration) -> Result<(), StateError> {
         Ok(())
@@ -82,12 +91,16 @@ fn assert_still_serving(rt: &Runtime) {
     let echo = rt.deploy(&wat(ECHO)).unwrap();
     let out = rt.invoke(&echo, b"still here".to_vec(), state.session());
     assert_eq!(out.result.unwrap(), b"still here");
-    assert_eq!(state.0.lock().unwrap().get(b"k".as_slice()).unwrap(), b"still here");
+    assert_eq!(
+        state.0.lock().unwrap().get(b"k".as_slice()).unwrap(),
+        b"still here"
+    );
 }
 
 fn run(rt: &Runtime, text: &str) -> Result<Vec<u8>, InvokeError> {
     let function = rt.deploy(&wat(text)).unwrap();
-    rt.invoke(&function, b"input".to_vec(), MapState::default().session()).result
+    rt.invoke(&function, b"input".to_vec(), MapState::default().session())
+        .result
 }
 
 #[test]
@@ -102,7 +115,12 @@ fn echo_works_and_reports_host_calls() {
 #[test]
 fn malformed_and_oversized_modules_are_refused_with_a_reason() {
     let rt = runtime();
-    for bytes in [&b""[..], b"\0asm", b"\0asm\x01\0\0\0\x01\xff\xff", b"not wasm at all"] {
+    for bytes in [
+        &b""[..],
+        b"\0asm",
+        b"\0asm\x01\0\0\0\x01\xff\xff",
+        b"not wasm at all",
+    ] {
         let err = rt.deploy(bytes).err().unwrap();
         assert!(matches!(err, DeployError::Malformed(_)), "{err}");
         assert!(!err.to_string().is_empty());
@@ -116,12 +134,18 @@ fn malformed_and_oversized_modules_are_refused_with_a_reason() {
 fn infinite_loop_is_stopped_by_the_deadline() {
     let rt = runtime();
     let start = Instant::now();
-    let err = run(&rt, r#"(module (memory (export "memory") 1)
-        (func (export "psl_run") (result i32) (loop (br 0)) (i32.const 0)))"#)
+    let err = run(
+        &rt,
+        r#"(module (memory (export "memory") 1)
+        (func (export "psl_run") (result i32) (loop (br 0)) (i32.const 0)))"#,
+    )
     .unwrap_err();
     let took = start.elapsed();
     assert!(matches!(err, InvokeError::DeadlineExceeded(_)), "{err}");
-    assert!(took >= BUDGET && took < BUDGET + Duration::from_millis(500), "took {took:?}");
+    assert!(
+        took >= BUDGET && took < BUDGET + Duration::from_millis(500),
+        "took {took:?}"
+    );
     assert_still_serving(&rt);
 }
 
@@ -129,17 +153,23 @@ fn infinite_loop_is_stopped_by_the_deadline() {
 fn loop_free_recursion_and_tail_calls_are_stopped_by_the_deadline() {
     let rt = runtime();
     // Exponential recursion with no loop at all: only the function-entry checks can stop it.
-    let err = run(&rt, r#"(module (memory (export "memory") 1)
+    let err = run(
+        &rt,
+        r#"(module (memory (export "memory") 1)
         (func $fib (param i32) (result i32)
           (if (result i32) (i32.lt_u (local.get 0) (i32.const 2)) (then (local.get 0))
             (else (i32.add (call $fib (i32.sub (local.get 0) (i32.const 1)))
                            (call $fib (i32.sub (local.get 0) (i32.const 2)))))))
-        (func (export "psl_run") (result i32) (drop (call $fib (i32.const 60))) (i32.const 0)))"#)
+        (func (export "psl_run") (result i32) (drop (call $fib (i32.const 60))) (i32.const 0)))"#,
+    )
     .unwrap_err();
     assert!(matches!(err, InvokeError::DeadlineExceeded(_)), "{err}");
-    let err = run(&rt, r#"(module (memory (export "memory") 1)
+    let err = run(
+        &rt,
+        r#"(module (memory (export "memory") 1)
         (func $spin (param i32) (result i32) (return_call $spin (local.get 0)))
-        (func (export "psl_run") (result i32) (call $spin (i32.const 1))))"#)
+        (func (export "psl_run") (result i32) (call $spin (i32.const 1))))"#,
+    )
     .unwrap_err();
     assert!(matches!(err, InvokeError::DeadlineExceeded(_)), "{err}");
     assert_still_serving(&rt);
@@ -148,9 +178,12 @@ fn loop_free_recursion_and_tail_calls_are_stopped_by_the_deadline() {
 #[test]
 fn deep_recursion_is_a_stack_overflow() {
     let rt = runtime();
-    let err = run(&rt, r#"(module (memory (export "memory") 1)
+    let err = run(
+        &rt,
+        r#"(module (memory (export "memory") 1)
         (func $f (call $f))
-        (func (export "psl_run") (result i32) (call $f) (i32.const 0)))"#)
+        (func (export "psl_run") (result i32) (call $f) (i32.const 0)))"#,
+    )
     .unwrap_err();
     assert!(matches!(err, InvokeError::StackOverflow(_)), "{err}");
     assert_still_serving(&rt);
@@ -162,13 +195,32 @@ fn memory_over_the_cap_is_refused() {
     let err = run(&rt, r#"(module (memory (export "memory") 1)
         (func (export "psl_run") (result i32) (drop (memory.grow (i32.const 1000))) (i32.const 0)))"#)
     .unwrap_err();
-    assert!(matches!(err, InvokeError::Limit { limit: Limit::MemoryBytes, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            InvokeError::Limit {
+                limit: Limit::MemoryBytes,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // A module that could never start is refused at deploy time.
-    let err = rt.deploy(&wat(r#"(module (memory (export "memory") 1000)
+    let err = rt
+        .deploy(&wat(r#"(module (memory (export "memory") 1000)
         (func (export "psl_run") (result i32) (i32.const 0)))"#))
-    .err()
-    .unwrap();
-    assert!(matches!(err, DeployError::Shape { what: "initial memory bytes", .. }), "{err}");
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            DeployError::Shape {
+                what: "initial memory bytes",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_still_serving(&rt);
 }
 
@@ -179,22 +231,62 @@ fn out_of_range_pointers_in_every_host_call_are_refused() {
     let far = "(i32.const 65530) (i32.const 100)";
     let ok = "(i32.const 0) (i32.const 1)";
     let cases = [
-        ("input_read", "(param i32 i32) (result i32)", far.to_string()),
-        ("output_write", "(param i32 i32) (result i32)", far.to_string()),
-        ("kv_get", "(param i32 i32 i32 i32) (result i64)", format!("{far} {ok}")),
-        ("kv_get", "(param i32 i32 i32 i32) (result i64)", format!("{ok} (i32.const -1) (i32.const 8)")),
-        ("kv_put", "(param i32 i32 i32 i32) (result i32)", format!("{far} {ok}")),
-        ("kv_put", "(param i32 i32 i32 i32) (result i32)", format!("{ok} {far}")),
+        (
+            "input_read",
+            "(param i32 i32) (result i32)",
+            far.to_string(),
+        ),
+        (
+            "output_write",
+            "(param i32 i32) (result i32)",
+            far.to_string(),
+        ),
+        (
+            "kv_get",
+            "(param i32 i32 i32 i32) (result i64)",
+            format!("{far} {ok}"),
+        ),
+        (
+            "kv_get",
+            "(param i32 i32 i32 i32) (result i64)",
+            format!("{ok} (i32.const -1) (i32.const 8)"),
+        ),
+        (
+            "kv_put",
+            "(param i32 i32 i32 i32) (result i32)",
+            format!("{far} {ok}"),
+        ),
+        (
+            "kv_put",
+            "(param i32 i32 i32 i32) (result i32)",
+            format!("{ok} {far}"),
+        ),
         ("kv_delete", "(param i32 i32) (result i32)", far.to_string()),
-        ("kv_scan", "(param i32 i32 i32 i32 i32) (result i32)", format!("{far} (i32.const 1) {ok}")),
-        ("lock", "(param i32 i32 i32) (result i32)", format!("{far} (i32.const 1)")),
+        (
+            "kv_scan",
+            "(param i32 i32 i32 i32 i32) (result i32)",
+            format!("{far} (i32.const 1) {ok}"),
+        ),
+        (
+            "lock",
+            "(param i32 i32 i32) (result i32)",
+            format!("{far} (i32.const 1)"),
+        ),
         ("unlock", "(param i32 i32) (result i32)", far.to_string()),
-        ("log", "(param i32 i32 i32) (result i32)", format!("(i32.const 1) {far}")),
+        (
+            "log",
+            "(param i32 i32 i32) (result i32)",
+            format!("(i32.const 1) {far}"),
+        ),
         ("fail", "(param i32 i32) (result i32)", far.to_string()),
     ];
     for (name, ty, args) in cases {
         // kv_scan returns i64; adapt the declared result.
-        let ty = if name == "kv_scan" { ty.replace("(result i32)", "(result i64)") } else { ty.to_string() };
+        let ty = if name == "kv_scan" {
+            ty.replace("(result i32)", "(result i64)")
+        } else {
+            ty.to_string()
+        };
         let module = format!(
             r#"(module (import "psl" "{name}" (func $f {ty}))
                 (memory (export "memory") 1)
@@ -202,7 +294,10 @@ fn out_of_range_pointers_in_every_host_call_are_refused() {
                 (func (export "psl_run") (result i32) (drop (call $f {args})) (i32.const 0)))"#
         );
         let err = run(&rt, &module).expect_err(name);
-        assert!(matches!(err, InvokeError::BadPointer { call, .. } if call == name), "{name}: {err}");
+        assert!(
+            matches!(err, InvokeError::BadPointer { call, .. } if call == name),
+            "{name}: {err}"
+        );
     }
     // kv_take with a pending value and a bad buffer.
     let module = r#"(module
@@ -215,7 +310,16 @@ fn out_of_range_pointers_in_every_host_call_are_refused() {
           (drop (call $get (i32.const 0) (i32.const 1) (i32.const 0) (i32.const 1)))
           (drop (call $take (i32.const 65535) (i32.const 100))) (i32.const 0)))"#;
     let err = run(&rt, module).unwrap_err();
-    assert!(matches!(err, InvokeError::BadPointer { call: "kv_take", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            InvokeError::BadPointer {
+                call: "kv_take",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_still_serving(&rt);
 }
 
@@ -223,24 +327,61 @@ fn out_of_range_pointers_in_every_host_call_are_refused() {
 fn oversized_keys_values_and_too_many_calls_hit_limits() {
     let rt = runtime();
     let put = |k: u32, v: u32| {
-        format!(r#"(module (import "psl" "kv_put" (func $put (param i32 i32 i32 i32) (result i32)))
+        format!(
+            r#"(module (import "psl" "kv_put" (func $put (param i32 i32 i32 i32) (result i32)))
             (memory (export "memory") 1)
-            (func (export "psl_run") (result i32) (drop (call $put (i32.const 0) (i32.const {k}) (i32.const 0) (i32.const {v}))) (i32.const 0)))"#)
+            (func (export "psl_run") (result i32) (drop (call $put (i32.const 0) (i32.const {k}) (i32.const 0) (i32.const {v}))) (i32.const 0)))"#
+        )
     };
     let err = run(&rt, &put(65, 1)).unwrap_err();
-    assert!(matches!(err, InvokeError::Limit { limit: Limit::KeyBytes, requested: 65, max: 64 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            InvokeError::Limit {
+                limit: Limit::KeyBytes,
+                requested: 65,
+                max: 64
+            }
+        ),
+        "{err}"
+    );
     let err = run(&rt, &put(1, 1025)).unwrap_err();
-    assert!(matches!(err, InvokeError::Limit { limit: Limit::ValueBytes, .. }), "{err}");
-    let err = run(&rt, r#"(module (import "psl" "flush" (func $flush (result i32)))
+    assert!(
+        matches!(
+            err,
+            InvokeError::Limit {
+                limit: Limit::ValueBytes,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = run(
+        &rt,
+        r#"(module (import "psl" "flush" (func $flush (result i32)))
         (memory (export "memory") 1)
-        (func (export "psl_run") (result i32) (loop (drop (call $flush)) (br 0)) (i32.const 0)))"#)
+        (func (export "psl_run") (result i32) (loop (drop (call $flush)) (br 0)) (i32.const 0)))"#,
+    )
     .unwrap_err();
-    assert!(matches!(err, InvokeError::Limit { limit: Limit::HostCalls, requested: 1001, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            InvokeError::Limit {
+                limit: Limit::HostCalls,
+                requested: 1001,
+                ..
+            }
+        ),
+        "{err}"
+    );
     let err = run(&rt, r#"(module (import "psl" "lock" (func $lock (param i32 i32 i32) (result i32)))
         (memory (export "memory") 1)
         (func (export "psl_run") (result i32) (drop (call $lock (i32.const 0) (i32.const 1) (i32.const 7))) (i32.const 0)))"#)
     .unwrap_err();
-    assert!(matches!(err, InvokeError::BadArgument { call: "lock", .. }), "{err}");
+    assert!(
+        matches!(err, InvokeError::BadArgument { call: "lock", .. }),
+        "{err}"
+    );
     assert_still_serving(&rt);
 }
 
@@ -252,24 +393,39 @@ fn oversized_input_is_refused() {
     let rt = Runtime::new(config).unwrap();
     let echo = rt.deploy(&wat(ECHO)).unwrap();
     let out = rt.invoke(&echo, vec![0; 11], MapState::default().session());
-    assert!(matches!(out.result, Err(InvokeError::Limit { limit: Limit::InputBytes, .. })));
+    assert!(matches!(
+        out.result,
+        Err(InvokeError::Limit {
+            limit: Limit::InputBytes,
+            ..
+        })
+    ));
 }
 
 #[test]
 fn traps_and_guest_failures_are_typed() {
     let rt = runtime();
-    let err = run(&rt, r#"(module (memory (export "memory") 1)
-        (func (export "psl_run") (result i32) (drop (i32.load (i32.const 70000))) (i32.const 0)))"#)
+    let err = run(
+        &rt,
+        r#"(module (memory (export "memory") 1)
+        (func (export "psl_run") (result i32) (drop (i32.load (i32.const 70000))) (i32.const 0)))"#,
+    )
     .unwrap_err();
     assert!(matches!(err, InvokeError::Trap(_)), "{err}");
     let err = run(&rt, r#"(module (import "psl" "fail" (func $fail (param i32 i32) (result i32)))
         (memory (export "memory") 1) (data (i32.const 0) "broken")
         (func (export "psl_run") (result i32) (drop (call $fail (i32.const 0) (i32.const 6))) (i32.const 1)))"#)
     .unwrap_err();
-    assert!(matches!(&err, InvokeError::Guest(m) if m == "broken"), "{err}");
+    assert!(
+        matches!(&err, InvokeError::Guest(m) if m == "broken"),
+        "{err}"
+    );
     // A plain `unreachable` is a trap, not a deadline, even though both use the same opcode.
-    let err = run(&rt, r#"(module (memory (export "memory") 1)
-        (func (export "psl_run") (result i32) unreachable))"#)
+    let err = run(
+        &rt,
+        r#"(module (memory (export "memory") 1)
+        (func (export "psl_run") (result i32) unreachable))"#,
+    )
     .unwrap_err();
     assert!(matches!(err, InvokeError::Trap(_)), "{err}");
     assert_still_serving(&rt);
@@ -282,29 +438,53 @@ fn concurrent_invocations_beyond_the_slots_wait_or_are_busy() {
     config.limits.worker.instance_wait_max = Duration::from_millis(50);
     config.limits.invocation.execution_time_max = Duration::from_millis(400);
     let rt = Arc::new(Runtime::new(config).unwrap());
-    let spin = rt.deploy(&wat(r#"(module (memory (export "memory") 1)
-        (func (export "psl_run") (result i32) (loop (br 0)) (i32.const 0)))"#)).unwrap();
+    let spin = rt
+        .deploy(&wat(r#"(module (memory (export "memory") 1)
+        (func (export "psl_run") (result i32) (loop (br 0)) (i32.const 0)))"#))
+        .unwrap();
     let rt2 = Arc::clone(&rt);
     let spin2 = Arc::clone(&spin);
-    let busy = std::thread::spawn(move || rt2.invoke(&spin2, vec![], MapState::default().session()).result);
+    let busy = std::thread::spawn(move || {
+        rt2.invoke(&spin2, vec![], MapState::default().session())
+            .result
+    });
     std::thread::sleep(Duration::from_millis(100));
     let echo = rt.deploy(&wat(ECHO)).unwrap();
     let out = rt.invoke(&echo, vec![], MapState::default().session());
-    assert!(matches!(out.result, Err(InvokeError::Busy(_))), "{:?}", out.result);
-    assert!(matches!(busy.join().unwrap(), Err(InvokeError::DeadlineExceeded(_))));
-    assert_eq!(rt.invoke(&echo, b"x".to_vec(), MapState::default().session()).result.unwrap(), b"x");
+    assert!(
+        matches!(out.result, Err(InvokeError::Busy(_))),
+        "{:?}",
+        out.result
+    );
+    assert!(matches!(
+        busy.join().unwrap(),
+        Err(InvokeError::DeadlineExceeded(_))
+    ));
+    assert_eq!(
+        rt.invoke(&echo, b"x".to_vec(), MapState::default().session())
+            .result
+            .unwrap(),
+        b"x"
+    );
 }
 
 #[test]
 fn tampered_cache_entries_are_rejected_and_recompiled() {
     let dir = tempfile::tempdir().unwrap();
-    let config = RuntimeConfig { cache_dir: Some(dir.path().to_path_buf()), cache_key: [7; 32], ..RuntimeConfig::default() };
+    let config = RuntimeConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        cache_key: [7; 32],
+        ..RuntimeConfig::default()
+    };
     let module = wat(ECHO);
     {
         let rt = Runtime::new(config.clone()).unwrap();
         rt.deploy(&module).unwrap();
     }
-    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(entries.len(), 1);
     // Flip one byte of the machine code.
     let mut bytes = std::fs::read(&entries[0]).unwrap();
@@ -313,10 +493,23 @@ fn tampered_cache_entries_are_rejected_and_recompiled() {
     std::fs::write(&entries[0], &bytes).unwrap();
     let rt = Runtime::new(config.clone()).unwrap();
     let echo = rt.deploy(&module).unwrap();
-    assert_eq!(rt.invoke(&echo, b"ok".to_vec(), MapState::default().session()).result.unwrap(), b"ok");
+    assert_eq!(
+        rt.invoke(&echo, b"ok".to_vec(), MapState::default().session())
+            .result
+            .unwrap(),
+        b"ok"
+    );
     // The entry was rewritten with a valid MAC; a runtime with another key rejects it.
-    let other = RuntimeConfig { cache_key: [8; 32], ..config };
+    let other = RuntimeConfig {
+        cache_key: [8; 32],
+        ..config
+    };
     let rt = Runtime::new(other).unwrap();
     let echo = rt.deploy(&module).unwrap();
-    assert_eq!(rt.invoke(&echo, b"ok".to_vec(), MapState::default().session()).result.unwrap(), b"ok");
+    assert_eq!(
+        rt.invoke(&echo, b"ok".to_vec(), MapState::default().session())
+            .result
+            .unwrap(),
+        b"ok"
+    );
 }

@@ -6,8 +6,8 @@
 //! implement [`KernelEngine`] and list it in [`standard_engines`].
 
 use anyhow::{Context, anyhow, bail};
-use psl_runtime::DeadlineMode;
 use psl_kernels::Size;
+use psl_runtime::DeadlineMode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -133,7 +133,12 @@ const PSL_DEADLINE: Duration = Duration::from_secs(60);
 impl Psl {
     /// An unprepared runtime with the given deadline mechanism.
     pub fn new(name: &str, mode: DeadlineMode) -> Self {
-        Self { name: name.to_owned(), mode, runtime: None, function: None }
+        Self {
+            name: name.to_owned(),
+            mode,
+            runtime: None,
+            function: None,
+        }
     }
 }
 
@@ -143,11 +148,18 @@ impl KernelEngine for Psl {
     }
 
     fn prepare(&mut self, wasm: &[u8]) -> anyhow::Result<()> {
-        let mut config = psl_runtime::RuntimeConfig { deadline: self.mode, ..Default::default() };
+        let mut config = psl_runtime::RuntimeConfig {
+            deadline: self.mode,
+            ..Default::default()
+        };
         config.limits.invocation.execution_time_max = PSL_DEADLINE;
         config.limits.worker.concurrent_instances_max = 4;
         let runtime = psl_runtime::Runtime::new(config)?;
-        self.function = Some(runtime.deploy(wasm).map_err(|e| anyhow!("{}: deploy: {e}", self.name))?);
+        self.function = Some(
+            runtime
+                .deploy(wasm)
+                .map_err(|e| anyhow!("{}: deploy: {e}", self.name))?,
+        );
         self.runtime = Some(runtime);
         Ok(())
     }

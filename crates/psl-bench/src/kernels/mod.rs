@@ -96,7 +96,11 @@ pub fn build_guest_modules(root: &Path) -> anyhow::Result<()> {
 }
 
 fn default_module_path_rel(kind: ModuleKind) -> PathBuf {
-    let sub = if kind == ModuleKind::Simd { "simd" } else { "scalar" };
+    let sub = if kind == ModuleKind::Simd {
+        "simd"
+    } else {
+        "scalar"
+    };
     Path::new("guests/out").join(format!("psl_kernels_wasm_{sub}.wasm"))
 }
 
