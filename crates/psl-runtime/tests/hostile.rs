@@ -436,7 +436,7 @@ fn concurrent_invocations_beyond_the_slots_wait_or_are_busy() {
     let mut config = RuntimeConfig::default();
     config.limits.worker.concurrent_instances_max = 1;
     config.limits.worker.instance_wait_max = Duration::from_millis(50);
-    config.limits.invocation.execution_time_max = Duration::from_millis(400);
+    config.limits.invocation.execution_time_max = Duration::from_secs(2);
     let rt = Arc::new(Runtime::new(config).unwrap());
     let spin = rt
         .deploy(&wat(r#"(module (memory (export "memory") 1)
@@ -448,7 +448,8 @@ fn concurrent_invocations_beyond_the_slots_wait_or_are_busy() {
         rt2.invoke(&spin2, vec![], MapState::default().session())
             .result
     });
-    std::thread::sleep(Duration::from_millis(100));
+    // Give the spinning invocation ample time to take the only slot, even on a loaded machine.
+    std::thread::sleep(Duration::from_millis(500));
     let echo = rt.deploy(&wat(ECHO)).unwrap();
     let out = rt.invoke(&echo, vec![], MapState::default().session());
     assert!(

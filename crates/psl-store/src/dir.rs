@@ -172,6 +172,7 @@ impl DirStore {
             written_lsn: 0,
         };
         let mut report = OpenReport::default();
+        segment::remove_interrupted_creations(dir)?;
         let listed = segment::list_segments(dir)?;
         let last = listed.len();
         for (position, (index, path)) in listed.into_iter().enumerate() {

@@ -109,24 +109,61 @@ pub(crate) fn read_segment(
     Ok(bytes.get(header_len..).unwrap_or(&[]).to_vec())
 }
 
-/// Creates a segment file with its header, synced, and syncs the directory entry.
+/// Creates a segment file with its header, atomically: the header is written and synced under
+/// a temporary name, then renamed into place and the directory synced. A crash at any point
+/// leaves either no new segment or a complete one, never a segment with a torn header (which
+/// open could not tell from damage). Left-over temporary files are removed on open.
 pub(crate) fn create_segment(
     dir: &Path,
     capsule: &CapsuleId,
     index: u64,
 ) -> Result<File, StoreError> {
     let path = segment_path(dir, index);
+    let tmp = path.with_extension(SEGMENT_TMP_EXTENSION);
     let mut file = OpenOptions::new()
-        .create_new(true)
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .read(true)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
+    file.write_all(&segment_header(capsule, index))
+        .map_err(io("write", &tmp))?;
+    file.sync_all().map_err(io("fsync", &tmp))?;
+    if path.exists() {
+        return Err(StoreError::Corruption {
+            path,
+            offset: 0,
+            detail: "segment file already exists".into(),
+        });
+    }
+    std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+    sync_dir(dir)?;
+    // Reopen for appending: the write position must be the end of the file.
+    OpenOptions::new()
         .append(true)
         .read(true)
         .open(&path)
-        .map_err(io("create", &path))?;
-    file.write_all(&segment_header(capsule, index))
-        .map_err(io("write", &path))?;
-    file.sync_all().map_err(io("fsync", &path))?;
-    sync_dir(dir)?;
-    Ok(file)
+        .map_err(io("open", &path))
+}
+
+/// Extension of a segment being created (see [`create_segment`]).
+const SEGMENT_TMP_EXTENSION: &str = "psl.creating";
+
+/// Removes segment files whose creation was interrupted before the rename.
+pub(crate) fn remove_interrupted_creations(dir: &Path) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(io("list", dir))? {
+        let entry = entry.map_err(io("list", dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("segment-") && name.ends_with(SEGMENT_TMP_EXTENSION) {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(io("remove", &path))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
