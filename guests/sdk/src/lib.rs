@@ -31,7 +31,13 @@ pub mod sys {
         pub fn kv_take(out: *mut u8, out_cap: i32) -> i64;
         pub fn kv_put(key: *const u8, key_len: i32, value: *const u8, value_len: i32) -> i32;
         pub fn kv_delete(key: *const u8, key_len: i32) -> i32;
-        pub fn kv_scan(prefix: *const u8, prefix_len: i32, limit: i32, out: *mut u8, out_cap: i32) -> i64;
+        pub fn kv_scan(
+            prefix: *const u8,
+            prefix_len: i32,
+            limit: i32,
+            out: *mut u8,
+            out_cap: i32,
+        ) -> i64;
         pub fn lock(name: *const u8, name_len: i32, mode: i32) -> i32;
         pub fn unlock(name: *const u8, name_len: i32) -> i32;
         pub fn flush() -> i32;
@@ -101,7 +107,11 @@ impl std::error::Error for Error {}
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn check(code: i32) -> Result<i32> {
-    if code < 0 { Err(Error::from_code(i64::from(code))) } else { Ok(code) }
+    if code < 0 {
+        Err(Error::from_code(i64::from(code)))
+    } else {
+        Ok(code)
+    }
 }
 
 fn len_i32(bytes: &[u8]) -> i32 {
@@ -160,7 +170,9 @@ fn read_value(first: impl FnOnce(&mut [u8]) -> i64) -> Result<Option<Vec<u8>>> {
 pub fn get(key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
     let key = key.as_ref();
     // SAFETY: pointers and lengths describe live slices.
-    read_value(|buf| unsafe { sys::kv_get(key.as_ptr(), len_i32(key), buf.as_mut_ptr(), len_i32(buf)) })
+    read_value(|buf| unsafe {
+        sys::kv_get(key.as_ptr(), len_i32(key), buf.as_mut_ptr(), len_i32(buf))
+    })
 }
 
 /// Reads a key holding a decimal `u64` (as written by [`put`] of `n.to_string()`).
@@ -179,7 +191,8 @@ pub fn get_u64(key: impl AsRef<[u8]>) -> Result<Option<u64>> {
 pub fn put(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
     let (key, value) = (key.as_ref(), value.as_ref());
     // SAFETY: pointers and lengths describe live slices.
-    check(unsafe { sys::kv_put(key.as_ptr(), len_i32(key), value.as_ptr(), len_i32(value)) }).map(drop)
+    check(unsafe { sys::kv_put(key.as_ptr(), len_i32(key), value.as_ptr(), len_i32(value)) })
+        .map(drop)
 }
 
 /// Deletes a key; returns whether it existed.
@@ -195,7 +208,13 @@ pub fn scan(prefix: impl AsRef<[u8]>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8
     let limit = i32::try_from(limit).unwrap_or(i32::MAX);
     // SAFETY: pointers and lengths describe live slices.
     let bytes = read_value(|buf| unsafe {
-        sys::kv_scan(prefix.as_ptr(), len_i32(prefix), limit, buf.as_mut_ptr(), len_i32(buf))
+        sys::kv_scan(
+            prefix.as_ptr(),
+            len_i32(prefix),
+            limit,
+            buf.as_mut_ptr(),
+            len_i32(buf),
+        )
     })?
     .unwrap_or_default();
     decode_entries(&bytes).ok_or_else(|| Error::msg("malformed scan result from host"))
@@ -267,7 +286,10 @@ pub fn lock(name: impl AsRef<[u8]>, mode: LockMode) -> Result<LockGuard> {
     };
     // SAFETY: pointer and length describe a live slice.
     check(unsafe { sys::lock(name.as_ptr(), len_i32(name), mode) })?;
-    Ok(LockGuard { name: name.to_vec(), held: true })
+    Ok(LockGuard {
+        name: name.to_vec(),
+        held: true,
+    })
 }
 
 /// Flushes, then releases a lock acquired without a guard.
@@ -339,7 +361,10 @@ mod tests {
     #[test]
     fn decodes_scan_entries_and_refuses_truncation() {
         let bytes = [1, 0, 0, 0, 1, 0, 0, 0, b'a', 2, 0, 0, 0, b'x', b'y'];
-        assert_eq!(decode_entries(&bytes), Some(vec![(b"a".to_vec(), b"xy".to_vec())]));
+        assert_eq!(
+            decode_entries(&bytes),
+            Some(vec![(b"a".to_vec(), b"xy".to_vec())])
+        );
         assert_eq!(decode_entries(&bytes[..bytes.len() - 1]), None);
     }
 }

@@ -20,7 +20,8 @@ fn account_key(i: u64) -> String {
 }
 
 fn parse(word: Option<&str>, what: &str) -> Result<u64> {
-    word.and_then(|w| w.parse().ok()).ok_or_else(|| Error::msg(format!("expected {what}")))
+    word.and_then(|w| w.parse().ok())
+        .ok_or_else(|| Error::msg(format!("expected {what}")))
 }
 
 fn accounts() -> Result<u64> {
@@ -31,11 +32,16 @@ fn bank(input: &[u8]) -> Result<Vec<u8>> {
     let text = std::str::from_utf8(input).map_err(Error::msg)?;
     let mut words = text.split_whitespace();
     match words.next() {
-        Some("open") => open(parse(words.next(), "account count")?, parse(words.next(), "balance")?),
+        Some("open") => open(
+            parse(words.next(), "account count")?,
+            parse(words.next(), "balance")?,
+        ),
         Some("transfer") => transfer(parse(words.next(), "seed")?, parse(words.next(), "count")?),
         Some("total") => total().map(|t| t.to_string().into_bytes()),
         Some("balances") => balances(),
-        _ => Err(Error::msg("usage: open <n> <balance> | transfer <seed> <count> | total | balances")),
+        _ => Err(Error::msg(
+            "usage: open <n> <balance> | transfer <seed> <count> | total | balances",
+        )),
     }
 }
 
@@ -104,7 +110,11 @@ fn total() -> Result<u64> {
 fn balances() -> Result<Vec<u8>> {
     let mut out = String::new();
     for (key, value) in psl_guest::scan("bank/acct/", 10_000)? {
-        out.push_str(&format!("{} {}\n", String::from_utf8_lossy(&key), String::from_utf8_lossy(&value)));
+        out.push_str(&format!(
+            "{} {}\n",
+            String::from_utf8_lossy(&key),
+            String::from_utf8_lossy(&value)
+        ));
     }
     Ok(out.into_bytes())
 }

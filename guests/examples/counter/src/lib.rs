@@ -6,7 +6,9 @@
 psl_guest::entry!(increment);
 
 fn increment(input: &[u8]) -> psl_guest::Result<Vec<u8>> {
-    let name = std::str::from_utf8(input).map_err(psl_guest::Error::msg)?.trim();
+    let name = std::str::from_utf8(input)
+        .map_err(psl_guest::Error::msg)?
+        .trim();
     let key = if name.is_empty() { "counter" } else { name };
     let guard = psl_guest::lock(key, psl_guest::LockMode::Write)?;
     let next = psl_guest::get_u64(key)?.unwrap_or(0) + 1;

@@ -1,0 +1,1 @@
+//! Lock service (being written).
