@@ -13,3 +13,4 @@
 pub mod body;
 pub mod lock;
 pub mod replica;
+pub mod worker;

@@ -112,6 +112,11 @@ impl Replica {
         self.clock
     }
 
+    /// Moves the clock forward to at least `lamport` (Lamport's receive rule).
+    pub fn observe_clock(&mut self, lamport: u64) {
+        self.clock = self.clock.max(lamport);
+    }
+
     fn local(&mut self, key: &[u8], value: Option<Vec<u8>>) -> Result<Version, ReplicaError> {
         if self.pending.len() >= self.limits.pending_max {
             return Err(ReplicaError::PendingFull(self.pending.len()));
@@ -184,6 +189,15 @@ impl Replica {
     pub fn sealed_own(&mut self, seq: u64) {
         let applied = self.applied.entry(self.me).or_insert(0);
         *applied = (*applied).max(seq);
+    }
+
+    /// Moves past record `seq` of `writer` that carries no updates (a heartbeat, a lock
+    /// release, ...), if it is the next one; the verifier has checked the chain.
+    pub fn note_applied(&mut self, writer: WriterId, seq: u64) {
+        let done = self.applied(&writer);
+        if seq == done.saturating_add(1) {
+            self.applied.insert(writer, seq);
+        }
     }
 
     /// The highest sequence number applied from `writer` without a gap.

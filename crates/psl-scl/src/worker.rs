@@ -1,0 +1,266 @@
+//! The SCL core of one worker, without IO: its replica, its capsule writer (sealing its own
+//! updates into records) and its verifier (checking everyone else's), with a bounded reorder
+//! buffer for records that arrive ahead of a gap.
+//!
+//! The I/O shell feeds it: local writes ([`WorkerCore::replica_mut`]), records from the bus
+//! ([`WorkerCore::receive`]) and records fetched from storage after a gap. It returns sealed
+//! records to publish and append ([`WorkerCore::seal`]), and ranges to fetch
+//! ([`Received::Gap`]). Must never: do IO, read a clock (validity time comes in as an
+//! argument), or panic on a record a peer or a storage server sends.
+
+use std::collections::BTreeMap;
+
+use psl_capsule::{
+    CapsuleMetadata, CapsuleVerifier, CapsuleWriter, DataKey, RecordKind, SealedRecord, Validity,
+    Verdict, VerifyError, WriterCertificate, WriterId, WriterKeyPair,
+};
+
+use crate::body::{Batch, BodyError, Fence};
+use crate::replica::{Applied, Replica, ReplicaLimits};
+
+/// Records buffered per writer while waiting for a gap to be filled.
+pub const REORDER_BUFFER_RECORDS_MAX: usize = 1024;
+/// Lamport time of every writer's genesis record.
+const GENESIS_LAMPORT: u64 = 1;
+/// Bytes of records buffered in all.
+pub const REORDER_BYTES_MAX: usize = 64 << 20;
+/// Writers that may have records buffered at once.
+pub const REORDER_WRITERS_MAX: usize = 1024;
+/// Updates sealed into one record at most.
+pub const UPDATES_PER_RECORD_MAX: usize = 4096;
+
+/// Why the core failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// Sealing failed (a limit of the capsule, or the writer is closed).
+    #[error("sealing: {0}")]
+    Seal(String),
+    /// The batch does not fit the SCL body limits.
+    #[error("SCL body: {0}")]
+    Body(#[from] BodyError),
+}
+
+/// What happened to a received record.
+#[derive(Debug)]
+pub enum Received {
+    /// Verified and applied; `applied` records in all (this one and buffered successors).
+    Applied {
+        /// Records applied, counting buffered ones that became next in line.
+        applied: usize,
+    },
+    /// A valid record of a kind the replica does not apply (genesis, heartbeat, ...).
+    Accepted,
+    /// Seen before: nothing changed.
+    Duplicate,
+    /// This worker's own record: nothing to do.
+    Own,
+    /// Records are missing before it; it was buffered (if there was room). Fetch the range
+    /// from storage and pass those records to `receive` too.
+    Gap {
+        /// The writer.
+        writer: WriterId,
+        /// The missing sequence numbers.
+        missing: std::ops::Range<u64>,
+        /// Whether the record was kept (false when the buffer was full: it will come again
+        /// with the range fetched from storage).
+        buffered: bool,
+    },
+    /// Refused: forged, tampered, from an unknown or revoked writer, undecryptable, ...
+    Rejected(String),
+}
+
+/// One worker's SCL core.
+pub struct WorkerCore {
+    replica: Replica,
+    writer: CapsuleWriter,
+    verifier: CapsuleVerifier,
+    data_key: DataKey,
+    reorder: BTreeMap<WriterId, BTreeMap<u64, SealedRecord>>,
+    reorder_bytes: usize,
+    rejected: u64,
+    last_sealed_lamport: u64,
+}
+
+impl WorkerCore {
+    /// Starts a worker incarnation; returns the core and its genesis record (publish it first).
+    pub fn start(
+        metadata: &CapsuleMetadata,
+        data_key: DataKey,
+        keys: WriterKeyPair,
+        certificate: &WriterCertificate,
+        limits: ReplicaLimits,
+    ) -> Result<(Self, SealedRecord), CoreError> {
+        let (writer, genesis) =
+            CapsuleWriter::start(metadata, &data_key, keys, certificate, GENESIS_LAMPORT, &[])
+                .map_err(|e| CoreError::Seal(e.to_string()))?;
+        let mut verifier = CapsuleVerifier::new(metadata.clone());
+        // Our own chain is known to our verifier, so peers' links to it check out.
+        let _ = verifier.verify(&genesis, Validity::Ignore);
+        let mut replica = Replica::new(writer.writer_id(), limits);
+        replica.observe_clock(GENESIS_LAMPORT);
+        let core = Self {
+            replica,
+            writer,
+            verifier,
+            data_key,
+            reorder: BTreeMap::new(),
+            reorder_bytes: 0,
+            rejected: 0,
+            last_sealed_lamport: GENESIS_LAMPORT,
+        };
+        Ok((core, genesis))
+    }
+
+    /// The replica (reads).
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// The replica (local writes).
+    pub fn replica_mut(&mut self) -> &mut Replica {
+        &mut self.replica
+    }
+
+    /// Records refused so far.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+
+    /// Seals the pending local updates (at most [`UPDATES_PER_RECORD_MAX`]) into one record
+    /// carrying `fences`; `None` if nothing is pending.
+    pub fn seal(&mut self, fences: &[Fence]) -> Result<Option<SealedRecord>, CoreError> {
+        if !self.replica.has_pending() {
+            return Ok(None);
+        }
+        let updates = self.replica.take_pending(UPDATES_PER_RECORD_MAX);
+        let batch = Batch {
+            fences: fences.to_vec(),
+            updates,
+        };
+        let body = batch.encode()?;
+        // A record's Lamport time covers its updates and grows strictly along the chain.
+        let lamport = batch
+            .max_lamport()
+            .max(self.last_sealed_lamport.saturating_add(1));
+        self.replica.observe_clock(lamport);
+        self.last_sealed_lamport = lamport;
+        let record = self
+            .writer
+            .seal(RecordKind::Updates, lamport, &[], &body)
+            .map_err(|e| CoreError::Seal(e.to_string()))?;
+        self.replica.sealed_own(record.seq());
+        Ok(Some(record))
+    }
+
+    /// Verifies, decrypts and applies a record from the bus or from storage, then any buffered
+    /// records of the same writer that became next in line.
+    pub fn receive(&mut self, record: SealedRecord, validity: Validity) -> Received {
+        let writer = record.writer();
+        let received = self.receive_one(record, validity);
+        let first = match &received {
+            Received::Applied { applied } => *applied,
+            Received::Accepted => 0,
+            _ => return received,
+        };
+        let more = self.drain_buffer(writer, validity);
+        if first + more > 0 {
+            Received::Applied {
+                applied: first + more,
+            }
+        } else {
+            received
+        }
+    }
+
+    fn receive_one(&mut self, record: SealedRecord, validity: Validity) -> Received {
+        if record.writer() == self.writer.writer_id() {
+            return Received::Own;
+        }
+        match self.verifier.verify(&record, validity) {
+            Ok(Verdict::Duplicate { .. }) => Received::Duplicate,
+            Ok(Verdict::Accepted(verified)) => match self.apply_verified(&verified) {
+                Ok(true) => Received::Applied { applied: 1 },
+                Ok(false) => Received::Accepted,
+                Err(reason) => {
+                    self.rejected += 1;
+                    Received::Rejected(reason)
+                }
+            },
+            // A writer whose genesis has not arrived yet: the same as a gap from seq 0.
+            Err(VerifyError::UnknownWriter { writer, seq }) => self.buffer(record, writer, 0..seq),
+            Err(VerifyError::Gap { writer, missing }) => self.buffer(record, writer, missing),
+            Err(VerifyError::Replay { .. }) => Received::Duplicate,
+            Err(error) => {
+                self.rejected += 1;
+                Received::Rejected(error.to_string())
+            }
+        }
+    }
+
+    fn buffer(
+        &mut self,
+        record: SealedRecord,
+        writer: WriterId,
+        missing: std::ops::Range<u64>,
+    ) -> Received {
+        let writers = self.reorder.len();
+        let size = record.as_bytes().len();
+        let room = self.reorder_bytes.saturating_add(size) <= REORDER_BYTES_MAX;
+        let buffer = self.reorder.entry(writer).or_default();
+        // Bounded three ways: records per writer, writers with a buffer, bytes in all. Records
+        // of writers not yet known are unverified, so the byte bound is what stops a flood.
+        let buffered =
+            room && buffer.len() < REORDER_BUFFER_RECORDS_MAX && writers <= REORDER_WRITERS_MAX;
+        if buffered && buffer.insert(record.seq(), record).is_none() {
+            self.reorder_bytes = self.reorder_bytes.saturating_add(size);
+        }
+        Received::Gap {
+            writer,
+            missing,
+            buffered,
+        }
+    }
+
+    /// Applies a verified record to the replica. Returns whether it carried updates.
+    fn apply_verified(&mut self, verified: &psl_capsule::VerifiedRecord) -> Result<bool, String> {
+        let record = verified.record();
+        if record.kind() != RecordKind::Updates {
+            // Still the next record of its writer: the replica's applied seq moves past it.
+            self.replica.note_applied(record.writer(), record.seq());
+            return Ok(false);
+        }
+        let plaintext = verified
+            .open_body(&self.data_key)
+            .map_err(|e| e.to_string())?;
+        let batch = Batch::decode(&plaintext).map_err(|e| e.to_string())?;
+        match self
+            .replica
+            .apply_remote(record.writer(), record.seq(), &batch)
+        {
+            Applied::Applied { .. } | Applied::Duplicate => Ok(true),
+            // The verifier checked the chain, so the replica cannot be behind it.
+            Applied::Gap { expected } => Err(format!("replica expected seq {expected} first")),
+        }
+    }
+
+    /// Applies buffered records of `writer` that are now next in line (iteratively).
+    fn drain_buffer(&mut self, writer: WriterId, validity: Validity) -> usize {
+        let mut applied = 0;
+        loop {
+            let next = self.replica.applied(&writer).saturating_add(1);
+            let Some(record) = self.reorder.get_mut(&writer).and_then(|b| b.remove(&next)) else {
+                break;
+            };
+            self.reorder_bytes = self.reorder_bytes.saturating_sub(record.as_bytes().len());
+            match self.receive_one(record, validity) {
+                Received::Applied { applied: n } => applied += n,
+                Received::Accepted => {}
+                _ => break,
+            }
+        }
+        if self.reorder.get(&writer).is_some_and(BTreeMap::is_empty) {
+            self.reorder.remove(&writer);
+        }
+        applied
+    }
+}
