@@ -35,45 +35,54 @@
 //! from a new request and is granted again; the worker shell must release a grant for a request
 //! it is not waiting for, and the lease bounds how long such a grant can block others.
 //!
-//! A holder keeps the lock while `now_ms < lease_until_ms`. [`LockService::renew`] extends the
-//! lease of a holder whose lease has not passed. [`LockService::tick`] expires every holder whose
-//! lease has passed (`now_ms >= lease_until_ms`) and promotes waiters. A release that arrives after
-//! the lease passed but before a tick expired it is still accepted: nobody else has been granted
-//! the lock in between. Time never goes backwards inside the service: each call uses the largest
-//! `now_ms` seen so far.
+//! A holder keeps the lock while `now_ms < lease_until_ms`. [`LockService::renew`] and
+//! [`LockService::acknowledge_flush`] extend the lease of a holder whose lease has not passed.
+//! [`LockService::tick`] expires every holder whose lease has passed (`now_ms >= lease_until_ms`)
+//! and promotes waiters. Once the lease has passed, release, renew and flush acknowledgements of
+//! that holder are refused ([`LockError::LeaseExpired`]) even before a tick expired it, so what a
+//! holder's writes become never depends on when the shell calls `tick`. Time never goes backwards
+//! inside the service: each call uses the largest `now_ms` seen so far.
 //!
 //! # Fencing rule
 //!
 //! Every grant (read or write) takes a new [`FencingToken`] from one service-wide counter, so the
 //! tokens of one lock are strictly increasing across all its grants, even when the lock's entry
 //! was evicted and created again, and even across [`LockService::snapshot`] and
-//! [`LockService::restore`]. A holder writes under a write lock with the token of its grant.
-//! Within the service, a write carrying token `t` for lock `L` is valid only if `t` is the newest
-//! token granted for `L` ([`LockService::fence_check`]). Replicas and CapsuleDB apply the same
-//! rule with the tokens they have seen: they keep, per lock, the highest token they know (from
-//! grants and from records) and refuse a write carrying a lower one, because a higher token means
-//! the lock moved on and the writer may be an expired holder waking up after a pause. Writes that
-//! the previous holder flushed *before* its release are not late writes: they are covered by the
-//! next grant's watermark, so a replica must accept a write `(writer w, seq s)` carrying an older
-//! token `t` if `s <= M[w]`, where `M` is the watermark of the first grant of the lock whose token
-//! is above `t` (the grant that superseded `t`). The writes of a holder that expired or was
-//! forgotten are not in that watermark (it never released), so they are fenced: the writes it had
-//! not flushed are lost by design, as the design brief states for unflushed writes.
+//! [`LockService::restore`]. Within the service, a write carrying token `t` for lock `L` is valid
+//! only if `t` is the newest token granted for `L` ([`LockService::fence_check`]); a release,
+//! renew or flush acknowledgement with any other token is refused and changes nothing.
+//!
+//! Replicas and CapsuleDB cannot apply "refuse tokens older than the newest I know" literally:
+//! that verdict would depend on the order in which records and grants arrive (a replica that sees
+//! an expired holder's late record before the next grant would accept it, another would refuse
+//! it), and it would refuse records that the previous holder flushed before its release but that
+//! reach a replica after the next grant. So the verdict on a token comes from this service and
+//! is the same everywhere (see `docs/design/scl.md`, "fenced writes commit at release"): a record
+//! of writer `w` with sequence number `s` written under `(L, t)` is committed if and only if
+//! `s <= V[w]`, where `V` is the verdict on `t`: the release watermark merged with the holder's
+//! acknowledged flushes when `t` was released, or the acknowledged flushes alone
+//! (the `acknowledged` field of [`Event::Expired`]) when `t` expired or its holder was forgotten. Every other
+//! record under `t` is a late write and is refused. Until the verdict on `t` is known, a replica
+//! other than the writer's own holds such records back. The next grant's token is above `t`, so
+//! a replica that sees a record under a token above `t` knows `t` is settled or about to be.
 //!
 //! # Watermark semantics
 //!
 //! A [`Watermark`] is a vector clock: for each writer incarnation, the highest sequence number of
 //! its records that must be applied (sequence numbers start at 0, so an absent writer means
 //! "nothing required", not "up to 0"). A holder releases with the watermark of everything its
-//! replica had published and applied when it released (after flushing). The lock's watermark is
-//! the pointwise maximum ([`Watermark::merge`]) of every release watermark of that lock so far,
-//! and every grant carries the lock's watermark at the moment of the grant; the acquirer's
-//! worker does not return from `lock` until its replica applied everything up to it. So every
-//! grant's watermark dominates ([`Watermark::dominates`]) every watermark released before it on
-//! that lock, which is what release consistency needs. Expiry and [`LockService::forget_holder`]
-//! leave the lock's watermark unchanged. When an idle lock entry is evicted to make room, its
-//! watermark is merged into a service-wide floor that every newly created entry starts from, so
-//! eviction never loses a watermark (it only makes later grants wait a little more).
+//! replica had published and applied when it released (after flushing), and may acknowledge
+//! flushes on the way ([`LockService::acknowledge_flush`]). The lock's watermark is the pointwise
+//! maximum ([`Watermark::merge`]) of every release watermark and every acknowledged flush of every
+//! holder that has left the lock (by release, expiry, cancel or [`LockService::forget_holder`]),
+//! and every grant carries the lock's watermark at the moment of the grant; the acquirer's worker
+//! does not return from `lock` until its replica applied everything up to it. So every grant's
+//! watermark dominates ([`Watermark::dominates`]) every committed write of every earlier holder,
+//! which is what release consistency needs. An expired or forgotten holder's unacknowledged writes
+//! are lost by design (the design brief says so for unflushed writes). When an idle lock entry is
+//! evicted to make room, its watermark is merged into a service-wide floor that every newly
+//! created entry starts from, so eviction never loses a watermark (later grants may wait a little
+//! more).
 //!
 //! # Limits
 //!
@@ -313,7 +322,8 @@ pub enum Reply {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Event {
     /// A holder lost the lock without releasing it (its lease passed, or it was forgotten).
-    /// Writes under `token` made after this are fenced by the next grant's higher token.
+    /// This is the verdict on `token`: its writes up to `acknowledged` are committed (and were
+    /// merged into the lock's watermark), every other write under `token` is fenced.
     Expired {
         /// The lock.
         name: LockName,
@@ -321,6 +331,8 @@ pub enum Event {
         holder: HolderId,
         /// The token it held.
         token: FencingToken,
+        /// Merge of the watermarks of the flushes it had acknowledged under `token`.
+        acknowledged: Watermark,
     },
     /// A waiter was granted the lock; the shell sends it the grant.
     Granted(Grant),
@@ -416,6 +428,8 @@ pub struct HeldSnapshot {
     pub watermark: Watermark,
     /// Its lease end.
     pub lease_until_ms: u64,
+    /// Merge of the watermarks of its acknowledged flushes under this grant.
+    pub acknowledged: Watermark,
 }
 
 /// One queued request, as kept in a snapshot.
@@ -470,6 +484,7 @@ struct Held {
     token: FencingToken,
     watermark: Watermark,
     lease_until_ms: u64,
+    acknowledged: Watermark,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -547,6 +562,16 @@ fn grant_of(name: &LockName, holder: HolderId, held: &Held) -> Grant {
     }
 }
 
+fn check_watermark(watermark: &Watermark) -> Result<(), LockError> {
+    if watermark.len() > WATERMARK_WRITERS_MAX {
+        return Err(LockError::WatermarkTooLarge {
+            len: watermark.len(),
+            max: WATERMARK_WRITERS_MAX,
+        });
+    }
+    Ok(())
+}
+
 fn take_token(next_token: &mut u64) -> Result<FencingToken, LockError> {
     let token = *next_token;
     *next_token = token.checked_add(1).ok_or(LockError::TokensExhausted)?;
@@ -577,6 +602,7 @@ fn install(
         token,
         watermark: entry.watermark.clone(),
         lease_until_ms: now_ms.saturating_add(config.lease_ms),
+        acknowledged: Watermark::new(),
     };
     let grant = grant_of(name, holder, &held);
     leases.insert((held.lease_until_ms, name.clone(), holder));
@@ -790,15 +816,15 @@ impl LockService {
     ) -> Result<Vec<Grant>, LockError> {
         let now = self.observe_time(now_ms);
         let config = self.config;
+        check_watermark(watermark)?;
         let entry = self.locks.get_mut(name).ok_or(LockError::NotHeld)?;
         let lease_until_ms = entry.check(holder, token)?.lease_until_ms;
-        if watermark.len() > WATERMARK_WRITERS_MAX {
-            return Err(LockError::WatermarkTooLarge {
-                len: watermark.len(),
-                max: WATERMARK_WRITERS_MAX,
-            });
+        if now >= lease_until_ms {
+            return Err(LockError::LeaseExpired { lease_until_ms });
         }
-        entry.holders.remove(&holder);
+        if let Some(held) = entry.holders.remove(&holder) {
+            entry.watermark.merge(&held.acknowledged);
+        }
         self.leases.remove(&(lease_until_ms, name.clone(), holder));
         entry.watermark.merge(watermark);
         let grants = promote(
@@ -822,6 +848,37 @@ impl LockService {
         name: &LockName,
         token: FencingToken,
     ) -> Result<u64, LockError> {
+        self.extend(now_ms, holder, name, token, None)
+    }
+
+    /// Records that `holder` flushed while holding `name` under `token`: `watermark` covers
+    /// writes that are now durable. They are committed whatever happens next: a later expiry or
+    /// [`LockService::forget_holder`] merges the acknowledged watermark into the lock's watermark
+    /// and reports it in [`Event::Expired`], so no flushed write is lost. Extends the lease like
+    /// [`LockService::renew`] and returns the new lease end; refused (changing nothing) if the
+    /// lease has passed, so no write flushed after the lease ended is ever committed.
+    pub fn acknowledge_flush(
+        &mut self,
+        now_ms: u64,
+        holder: HolderId,
+        name: &LockName,
+        token: FencingToken,
+        watermark: &Watermark,
+    ) -> Result<u64, LockError> {
+        self.extend(now_ms, holder, name, token, Some(watermark))
+    }
+
+    fn extend(
+        &mut self,
+        now_ms: u64,
+        holder: HolderId,
+        name: &LockName,
+        token: FencingToken,
+        acknowledged: Option<&Watermark>,
+    ) -> Result<u64, LockError> {
+        if let Some(watermark) = acknowledged {
+            check_watermark(watermark)?;
+        }
         let now = self.observe_time(now_ms);
         let lease_ms = self.config.lease_ms;
         let entry = self.locks.get_mut(name).ok_or(LockError::NotHeld)?;
@@ -834,6 +891,9 @@ impl LockService {
         let new = now.saturating_add(lease_ms).max(old);
         if let Some(held) = entry.holders.get_mut(&holder) {
             held.lease_until_ms = new;
+            if let Some(watermark) = acknowledged {
+                held.acknowledged.merge(watermark);
+            }
         }
         self.leases.remove(&(old, name.clone(), holder));
         self.leases.insert((new, name.clone(), holder));
@@ -869,7 +929,9 @@ impl LockService {
         {
             self.leases
                 .remove(&(held.lease_until_ms, name.clone(), holder));
-            entry.holders.remove(&holder);
+            if let Some(held) = entry.holders.remove(&holder) {
+                entry.watermark.merge(&held.acknowledged);
+            }
             changed = true;
         }
         if !changed {
@@ -905,10 +967,12 @@ impl LockService {
             if let Some(entry) = self.locks.get_mut(&name)
                 && let Some(held) = entry.holders.remove(&holder)
             {
+                entry.watermark.merge(&held.acknowledged);
                 events.push(Event::Expired {
                     name: name.clone(),
                     holder,
                     token: held.token,
+                    acknowledged: held.acknowledged,
                 });
                 touched.insert(name);
             }
@@ -933,10 +997,12 @@ impl LockService {
             if let Some(held) = entry.holders.remove(&holder) {
                 self.leases
                     .remove(&(held.lease_until_ms, name.clone(), holder));
+                entry.watermark.merge(&held.acknowledged);
                 events.push(Event::Expired {
                     name: name.clone(),
                     holder,
                     token: held.token,
+                    acknowledged: held.acknowledged,
                 });
                 touched.insert(name.clone());
             }
@@ -1008,6 +1074,7 @@ impl LockService {
                             token: held.token,
                             watermark: held.watermark.clone(),
                             lease_until_ms: held.lease_until_ms,
+                            acknowledged: held.acknowledged.clone(),
                         })
                         .collect(),
                     waiters: entry
@@ -1071,6 +1138,7 @@ impl LockService {
                         token: held.token,
                         watermark: held.watermark,
                         lease_until_ms: held.lease_until_ms,
+                        acknowledged: held.acknowledged,
                     },
                 );
                 if previous.is_some() {
@@ -1353,7 +1421,8 @@ mod tests {
             Event::Expired {
                 name: l.clone(),
                 holder: h(1),
-                token: g1.token
+                token: g1.token,
+                acknowledged: Watermark::new(),
             }
         );
         let Event::Granted(g2) = &events[1] else {
@@ -1371,18 +1440,81 @@ mod tests {
                 current: g2.token
             })
         );
-        // A lapsed lease cannot be renewed, but an unticked holder can still release.
+        // A lapsed lease can be neither renewed nor released, even before a tick expired it.
+        let before = s.snapshot();
         assert_eq!(
             s.renew(250, h(2), &l, g2.token),
             Err(LockError::LeaseExpired {
                 lease_until_ms: 250
             })
         );
-        assert!(
-            s.release(260, h(2), &l, g2.token, &Watermark::new())
-                .unwrap()
-                .is_empty()
+        assert_eq!(
+            s.release(260, h(2), &l, g2.token, &Watermark::new()),
+            Err(LockError::LeaseExpired {
+                lease_until_ms: 250
+            })
         );
+        assert_eq!(
+            s.acknowledge_flush(260, h(2), &l, g2.token, &Watermark::new()),
+            Err(LockError::LeaseExpired {
+                lease_until_ms: 250
+            })
+        );
+        let mut after = s.snapshot();
+        after.now_max_ms = before.now_max_ms;
+        assert_eq!(after, before);
+        assert_eq!(s.tick(260).len(), 1);
+    }
+
+    #[test]
+    fn acknowledged_flushes_survive_expiry_and_forget() {
+        let mut s = LockService::new(config());
+        let l = name("x");
+        let g1 = granted(s.acquire(0, h(1), 1, l.clone(), LockMode::Write));
+        queued(s.acquire(0, h(2), 1, l.clone(), LockMode::Write));
+        let f1: Watermark = [(w(1), 4)].into_iter().collect();
+        let f2: Watermark = [(w(1), 6), (w(3), 1)].into_iter().collect();
+        assert_eq!(s.acknowledge_flush(10, h(1), &l, g1.token, &f1), Ok(110));
+        assert_eq!(s.acknowledge_flush(20, h(1), &l, g1.token, &f2), Ok(120));
+        assert_eq!(
+            s.acknowledge_flush(20, h(1), &l, FencingToken(99), &f2),
+            Err(LockError::Fenced {
+                presented: FencingToken(99),
+                current: g1.token
+            })
+        );
+        let events = s.tick(120);
+        let mut both = f1.clone();
+        both.merge(&f2);
+        assert_eq!(
+            events[0],
+            Event::Expired {
+                name: l.clone(),
+                holder: h(1),
+                token: g1.token,
+                acknowledged: both.clone(),
+            }
+        );
+        let Event::Granted(g2) = &events[1] else {
+            panic!("expected a grant")
+        };
+        assert_eq!(g2.watermark, both);
+        // The same through forget_holder, and through a release that reports less.
+        let f3: Watermark = [(w(2), 9)].into_iter().collect();
+        s.acknowledge_flush(130, h(2), &l, g2.token, &f3).unwrap();
+        queued(s.acquire(130, h(3), 1, l.clone(), LockMode::Write));
+        let events = s.forget_holder(140, h(2));
+        let Event::Granted(g3) = &events[1] else {
+            panic!("expected a grant")
+        };
+        assert!(g3.watermark.dominates(&f3) && g3.watermark.dominates(&both));
+        let f4: Watermark = [(w(3), 5)].into_iter().collect();
+        s.acknowledge_flush(150, h(3), &l, g3.token, &f4).unwrap();
+        queued(s.acquire(150, h(4), 1, l.clone(), LockMode::Write));
+        let grants = s
+            .release(160, h(3), &l, g3.token, &Watermark::new())
+            .unwrap();
+        assert!(grants[0].watermark.dominates(&f4));
     }
 
     #[test]
@@ -1422,7 +1554,8 @@ mod tests {
             Event::Expired {
                 name: a.clone(),
                 holder: h(1),
-                token: ga.token
+                token: ga.token,
+                acknowledged: Watermark::new(),
             }
         );
         let Event::Granted(g) = &events[1] else {

@@ -5,7 +5,8 @@
 //! * L-1: at most one writer, never a writer together with readers, holder and queue limits;
 //! * tokens strictly increasing across the grants of each lock (a retried request returns its
 //!   earlier grant, never a new token);
-//! * L-2: every grant's watermark dominates every watermark released on that lock before it;
+//! * L-2: every grant's watermark dominates every watermark released on that lock before it and
+//!   every flush acknowledged by a holder that has since left it (released, expired, forgotten);
 //! * L-3: after a tick at time `t` no holder's lease ends at or before `t`, and no queue head is
 //!   left grantable;
 //! * L-4: a release or renew with a replayed old token (and every other refused request) leaves
@@ -49,6 +50,11 @@ enum Op {
         holder: u8,
         lock: u8,
     },
+    Flush {
+        holder: u8,
+        lock: u8,
+        watermark: Vec<(u8, u8)>,
+    },
     Cancel {
         holder: u8,
         lock: u8,
@@ -69,8 +75,10 @@ fn op() -> impl Strategy<Value = (u8, Op)> {
         }),
         3 => (0u8..4, 0u8..3, watermark.clone())
             .prop_map(|(holder, lock, watermark)| Op::Release { holder, lock, watermark }),
-        1 => (any::<usize>(), watermark).prop_map(|(pick, watermark)| Op::Replay { pick, watermark }),
+        1 => (any::<usize>(), watermark.clone()).prop_map(|(pick, watermark)| Op::Replay { pick, watermark }),
         1 => (0u8..4, 0u8..3).prop_map(|(holder, lock)| Op::Renew { holder, lock }),
+        1 => (0u8..4, 0u8..3, watermark.clone())
+            .prop_map(|(holder, lock, watermark)| Op::Flush { holder, lock, watermark }),
         1 => (0u8..4, 0u8..3, 0u8..3)
             .prop_map(|(holder, lock, request)| Op::Cancel { holder, lock, request }),
         1 => (0u8..4).prop_map(|holder| Op::Forget { holder }),
@@ -177,6 +185,15 @@ fn apply(service: &mut LockService, now: u64, op: &Op, history: &[Grant]) -> Out
                 held_token(&service.snapshot(), &lock(*l), holder(*h)).unwrap_or(FencingToken(0));
             Out::Renew(service.renew(now, holder(*h), &lock(*l), token))
         }
+        Op::Flush {
+            holder: h,
+            lock: l,
+            watermark: wm,
+        } => {
+            let token =
+                held_token(&service.snapshot(), &lock(*l), holder(*h)).unwrap_or(FencingToken(0));
+            Out::Renew(service.acknowledge_flush(now, holder(*h), &lock(*l), token, &watermark(wm)))
+        }
         Op::Cancel {
             holder: h,
             lock: l,
@@ -255,6 +272,7 @@ fn run(steps: &[(u8, Op)]) {
     let mut newest: BTreeMap<LockName, FencingToken> = BTreeMap::new();
     let mut granted: BTreeMap<(LockName, FencingToken), Grant> = BTreeMap::new();
     let mut released: BTreeMap<LockName, Watermark> = BTreeMap::new();
+    let mut acked: BTreeMap<(LockName, FencingToken), Watermark> = BTreeMap::new();
 
     for (advance, op) in steps {
         now += u64::from(*advance);
@@ -283,6 +301,31 @@ fn run(steps: &[(u8, Op)]) {
                 without_time(after.clone()),
                 without_time(before.clone()),
                 "refused {op:?} changed state"
+            );
+        }
+        // A holder whose lease has passed can no longer release, renew or acknowledge a flush.
+        let acting = match op {
+            Op::Release {
+                holder: h, lock: l, ..
+            }
+            | Op::Renew { holder: h, lock: l }
+            | Op::Flush {
+                holder: h, lock: l, ..
+            } => Some((holder(*h), lock(*l))),
+            _ => None,
+        };
+        if let Some((who, name)) = acting
+            && !out.is_err()
+        {
+            let lease = before
+                .locks
+                .iter()
+                .find(|entry| entry.name == name)
+                .and_then(|entry| entry.holders.iter().find(|held| held.holder == who))
+                .map(|held| held.lease_until_ms);
+            assert!(
+                lease.is_some_and(|until| until > now),
+                "{op:?} accepted after lease end"
             );
         }
         if replay_current == Some(false) {
@@ -315,6 +358,49 @@ fn run(steps: &[(u8, Op)]) {
         };
         if let Some((name, wm)) = released_now {
             released.entry(name).or_default().merge(&wm);
+        }
+        if let (
+            Op::Flush {
+                holder: h,
+                lock: l,
+                watermark: wm,
+            },
+            Out::Renew(Ok(_)),
+        ) = (op, &out)
+        {
+            let token = held_token(&before, &lock(*l), holder(*h)).unwrap();
+            acked
+                .entry((lock(*l), token))
+                .or_default()
+                .merge(&watermark(wm));
+        }
+        // The acknowledged flushes of every holder that left are committed to its lock.
+        for entry in &before.locks {
+            for held in &entry.holders {
+                if held_token(&after, &entry.name, held.holder) != Some(held.token) {
+                    let key = (entry.name.clone(), held.token);
+                    let wm = acked.get(&key).cloned().unwrap_or_default();
+                    assert_eq!(held.acknowledged, wm, "acknowledged flushes drifted");
+                    released.entry(entry.name.clone()).or_default().merge(&wm);
+                }
+            }
+        }
+        if let Out::Events(events) = &out {
+            for event in events {
+                if let Event::Expired {
+                    name,
+                    token,
+                    acknowledged,
+                    ..
+                } = event
+                {
+                    let wm = acked
+                        .get(&(name.clone(), *token))
+                        .cloned()
+                        .unwrap_or_default();
+                    assert_eq!(*acknowledged, wm, "expiry verdict differs from the flushes");
+                }
+            }
         }
 
         for grant in out.grants() {
