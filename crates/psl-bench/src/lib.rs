@@ -10,3 +10,4 @@
 
 pub mod kernels;
 pub mod start;
+pub mod ycsb;

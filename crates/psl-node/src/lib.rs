@@ -8,6 +8,7 @@
 pub mod gateway;
 pub mod local;
 pub mod platform;
+pub mod scl;
 
 pub use local::{LocalLimits, LocalState};
 pub use platform::{Listing, Platform, PlatformError};

@@ -160,7 +160,7 @@ pub(crate) fn remove_interrupted_creations(dir: &Path) -> Result<usize, StoreErr
         if name.starts_with("segment-") && name.ends_with(SEGMENT_TMP_EXTENSION) {
             let path = entry.path();
             std::fs::remove_file(&path).map_err(io("remove", &path))?;
-            removed += 1;
+            removed = removed.saturating_add(1usize);
         }
     }
     Ok(removed)

@@ -70,17 +70,20 @@ impl Rng {
 }
 
 fn transfer(seed: u64, count: u64) -> Result<Vec<u8>> {
-    let n = accounts()?;
-    if n < 2 {
-        return Err(Error::msg("need at least two accounts"));
-    }
     let mut rng = Rng(seed | 1);
     let mut moved = 0u64;
     for _ in 0..count {
+        // Read the account count under the `bank` lock: on another worker, `open` is only
+        // guaranteed visible after acquiring a lock it was released under (release
+        // consistency); outside locks, state is only eventually consistent.
+        let bank = psl_guest::lock("bank", LockMode::Read)?;
+        let n = accounts()?;
+        if n < 2 {
+            return Err(Error::msg("need at least two accounts"));
+        }
         let from = rng.next(n);
         let to = (from + 1 + rng.next(n - 1)) % n;
         let (first, second) = (from.min(to), from.max(to));
-        let bank = psl_guest::lock("bank", LockMode::Read)?;
         let a = psl_guest::lock(account_key(first), LockMode::Write)?;
         let b = psl_guest::lock(account_key(second), LockMode::Write)?;
         let have = psl_guest::get_u64(account_key(from))?.unwrap_or(0);
