@@ -152,7 +152,7 @@ const SEGMENT_TMP_EXTENSION: &str = "psl.creating";
 
 /// Removes segment files whose creation was interrupted before the rename.
 pub(crate) fn remove_interrupted_creations(dir: &Path) -> Result<usize, StoreError> {
-    let mut removed = 0;
+    let mut removed: usize = 0;
     for entry in std::fs::read_dir(dir).map_err(io("list", dir))? {
         let entry = entry.map_err(io("list", dir))?;
         let name = entry.file_name();
@@ -160,7 +160,7 @@ pub(crate) fn remove_interrupted_creations(dir: &Path) -> Result<usize, StoreErr
         if name.starts_with("segment-") && name.ends_with(SEGMENT_TMP_EXTENSION) {
             let path = entry.path();
             std::fs::remove_file(&path).map_err(io("remove", &path))?;
-            removed = removed.saturating_add(1usize);
+            removed = removed.saturating_add(1);
         }
     }
     Ok(removed)
