@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use psl_node::{LocalState, Platform};
+use psl_node::Platform;
+use psl_node::scl::{RoundRobin, SclCluster};
 use psl_runtime::{Outcome, RuntimeConfig};
 
 #[derive(clap::Args)]
@@ -29,6 +30,13 @@ pub struct DevArgs {
     /// Directory for the compiled-module cache (default: none, compile on every start).
     #[arg(long, env = "PSL_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// Workers (each with its own replica of the state) in this process.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Directory for the DataCapsule the workers write (must not exist yet; default: a
+    /// temporary directory removed at exit).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 const EXAMPLES: [&str; 3] = ["hello", "counter", "bank"];
@@ -159,9 +167,26 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         cache_dir: args.cache_dir.clone(),
         ..RuntimeConfig::default()
     };
-    let platform = Arc::new(Platform::new(config, Arc::new(LocalState::default()))?);
+    let temp = tempfile::tempdir()?;
+    let capsule_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| temp.path().join("capsule"));
+    let workers = args.workers.clamp(1, 64);
+    let cluster = SclCluster::start(&capsule_dir, workers)
+        .with_context(|| format!("creating the DataCapsule in {}", capsule_dir.display()))?;
+    let platform = Arc::new(Platform::new(
+        config,
+        Arc::new(RoundRobin(cluster.clone())),
+    )?);
     println!(
-        "PSL dev platform: embedded, one worker, in-memory single-node state (no TEE, no durability yet)"
+        "PSL dev platform: embedded, {workers} worker(s), each with a replica of the state; updates are \
+         sealed, signed and appended to the DataCapsule at {}",
+        capsule_dir.display()
+    );
+    println!(
+        "  trust: NONE YET (no TEE, dev keys generated at start); not built yet: fencing of expired \
+         lock holders, worker recovery (see docs/design/scl.md)"
     );
     let mut examples_found = 0;
     if args.examples.is_dir() {
@@ -185,6 +210,25 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     if !args.no_demo {
         if examples_found == EXAMPLES.len() {
             demo(&platform)?;
+            let settled = cluster.settle(Duration::from_secs(10));
+            let digests = cluster.digests();
+            let same = settled && digests.windows(2).all(|d| d[0] == d[1]);
+            println!(
+                "  replicas: {} ({} workers, state digest {})",
+                if same { "converged" } else { "NOT converged" },
+                digests.len(),
+                digests
+                    .first()
+                    .map(|d| d
+                        .iter()
+                        .take(6)
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>())
+                    .unwrap_or_default()
+            );
+            if !same {
+                bail!("replicas did not converge");
+            }
         } else {
             println!(
                 "examples not found in {} (build them with `cargo xtask guests`); skipping the demo",
@@ -229,7 +273,7 @@ pub fn run_once(
 ) -> anyhow::Result<ExitCode> {
     let mut config = RuntimeConfig::default();
     config.limits.invocation.execution_time_max = Duration::from_millis(deadline_ms);
-    let platform = Platform::new(config, Arc::new(LocalState::default()))?;
+    let platform = Platform::new(config, Arc::new(psl_node::LocalState::default()))?;
     let wasm = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
     let bar = spinner(format!("compiling {}", module.display()));
     let deployed = platform.deploy("main", &wasm);
