@@ -202,30 +202,57 @@ impl SclCluster {
         }
     }
 
-    /// Seals the worker's pending updates, appends them durably, multicasts them. Returns the
-    /// worker's sealed head seq.
+    /// Seals all of the worker's pending updates, appends the records durably (one fsync),
+    /// then multicasts them. Returns the worker's sealed head seq.
     fn flush_worker(&self, index: usize) -> Result<u64, StateError> {
         let worker = &self.0.workers[index];
-        let (record, head) = {
+        let (records, head) = {
             let mut core = worker.core.lock();
-            let record = core
+            let mut records = Vec::new();
+            while let Some(record) = core
                 .seal(&[])
-                .map_err(|e| StateError::Unavailable(e.to_string()))?;
+                .map_err(|e| StateError::Unavailable(e.to_string()))?
+            {
+                records.push(record);
+            }
             let head = core.replica().applied(&core.replica().writer());
             // Append under the core lock so this worker's records reach the store in order.
-            if let Some(record) = &record {
+            for chunk in append_chunks(&records) {
                 self.0
                     .store
-                    .append(std::slice::from_ref(record), Durability::Always)
+                    .append(chunk, Durability::Always)
                     .map_err(|e| StateError::Unavailable(format!("record store: {e}")))?;
             }
-            (record, head)
+            (records, head)
         };
-        if let Some(record) = record {
-            self.broadcast(&record);
+        for record in &records {
+            self.broadcast(record);
         }
         Ok(head)
     }
+}
+
+/// Bytes appended to the store in one call at most (the store refuses more than 16 MiB).
+const APPEND_BYTES_MAX: usize = 8 << 20;
+
+/// Splits records into runs of at most [`APPEND_BYTES_MAX`] bytes (a single larger record
+/// goes alone).
+fn append_chunks(records: &[SealedRecord]) -> Vec<&[SealedRecord]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (i, record) in records.iter().enumerate() {
+        let size = record.as_bytes().len();
+        if i > start && bytes + size > APPEND_BYTES_MAX {
+            chunks.push(&records[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < records.len() {
+        chunks.push(&records[start..]);
+    }
+    chunks
 }
 
 fn receive_loop(inner: &Arc<Inner>, index: usize, rx: &mpsc::Receiver<SealedRecord>) {

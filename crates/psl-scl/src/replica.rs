@@ -179,9 +179,25 @@ impl Replica {
         !self.pending.is_empty()
     }
 
-    /// Takes up to `max` local updates, oldest first, to seal into the next record.
-    pub fn take_pending(&mut self, max: usize) -> Vec<StampedUpdate> {
-        let n = max.min(self.pending.len());
+    /// Takes local updates, oldest first, to seal into the next record: at most `max` of them
+    /// and, beyond the first, at most `bytes_max` bytes of keys and values.
+    pub fn take_pending(&mut self, max: usize, bytes_max: usize) -> Vec<StampedUpdate> {
+        let mut bytes = 0usize;
+        let mut n = 0;
+        for update in self.pending.iter().take(max) {
+            let size = update.key.len()
+                + if let Op::Put(v) = &update.op {
+                    v.len()
+                } else {
+                    0
+                }
+                + 16;
+            if n > 0 && bytes + size > bytes_max {
+                break;
+            }
+            bytes += size;
+            n += 1;
+        }
         self.pending.drain(..n).collect()
     }
 
@@ -358,7 +374,7 @@ mod tests {
         assert_eq!(r.get(b"a"), None);
         r.put(b"b", b"2").unwrap();
         assert_eq!(r.put(b"c", b"3"), Err(ReplicaError::PendingFull(3)));
-        let taken = r.take_pending(10);
+        let taken = r.take_pending(10, usize::MAX);
         assert_eq!(
             taken.iter().map(|u| u.lamport).collect::<Vec<_>>(),
             vec![1, 2, 3]

@@ -28,6 +28,9 @@ pub const REORDER_BYTES_MAX: usize = 64 << 20;
 pub const REORDER_WRITERS_MAX: usize = 1024;
 /// Updates sealed into one record at most.
 pub const UPDATES_PER_RECORD_MAX: usize = 4096;
+/// Key and value bytes sealed into one record at most (well below the capsule's record limit;
+/// a single larger update still gets a record of its own).
+pub const RECORD_PAYLOAD_BYTES_MAX: usize = 1 << 20;
 
 /// Why the core failed.
 #[derive(Debug, thiserror::Error)]
@@ -126,13 +129,16 @@ impl WorkerCore {
         self.rejected
     }
 
-    /// Seals the pending local updates (at most [`UPDATES_PER_RECORD_MAX`]) into one record
-    /// carrying `fences`; `None` if nothing is pending.
+    /// Seals pending local updates (at most [`UPDATES_PER_RECORD_MAX`] and about
+    /// [`RECORD_PAYLOAD_BYTES_MAX`]) into one record carrying `fences`; `None` if nothing is
+    /// pending. Call until it returns `None` to seal everything.
     pub fn seal(&mut self, fences: &[Fence]) -> Result<Option<SealedRecord>, CoreError> {
         if !self.replica.has_pending() {
             return Ok(None);
         }
-        let updates = self.replica.take_pending(UPDATES_PER_RECORD_MAX);
+        let updates = self
+            .replica
+            .take_pending(UPDATES_PER_RECORD_MAX, RECORD_PAYLOAD_BYTES_MAX);
         let batch = Batch {
             fences: fences.to_vec(),
             updates,

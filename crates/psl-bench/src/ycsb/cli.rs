@@ -13,9 +13,13 @@ pub struct YcsbArgs {
     /// Workload: a, b, c, d, e, f, or custom (with the proportion flags).
     #[arg(long, default_value = "a")]
     pub workload: String,
-    /// Backend: `local` (psl-node's in-memory single-node LocalState).
+    /// Backend: `local` (psl-node's in-memory single-node LocalState) or `scl` (the embedded
+    /// SCL cluster with `--workers` replicas and a DataCapsule).
     #[arg(long, default_value = "local")]
     pub target: String,
+    /// Workers of the `scl` target.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
     /// Records loaded.
     #[arg(long, default_value_t = 1000)]
     pub recordcount: u64,
@@ -131,7 +135,30 @@ pub fn main(args: YcsbArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let report = match args.target.as_str() {
         "local" => run(&psl_node::LocalState::default(), &config, "local")?,
-        other => bail!("unknown target {other:?} (local)"),
+        "scl" => {
+            // The embedded SCL cluster: `workers` replicas in this process, records sealed,
+            // signed and appended (fsync) to a DataCapsule in a temporary directory at every
+            // flush; sessions spread over the workers in turn.
+            let dir = tempfile::tempdir()?;
+            let cluster =
+                psl_node::scl::SclCluster::start(&dir.path().join("capsule"), args.workers)
+                    .context("starting the SCL cluster")?;
+            let target = format!("scl{}", args.workers);
+            let settle = || {
+                anyhow::ensure!(
+                    cluster.settle(std::time::Duration::from_secs(600)),
+                    "replicas did not converge after the load"
+                );
+                Ok(())
+            };
+            crate::ycsb::run_with_barrier(
+                &psl_node::scl::RoundRobin(cluster.clone()),
+                &config,
+                &target,
+                &settle,
+            )?
+        }
+        other => bail!("unknown target {other:?} (local, scl)"),
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

@@ -649,6 +649,18 @@ fn share(total: u64, threads: usize, index: usize) -> u64 {
 
 /// Loads (unless `config.load` is off) and runs the workload against `state`.
 pub fn run<S: State + ?Sized>(state: &S, config: &Config, target: &str) -> anyhow::Result<Report> {
+    run_with_barrier(state, config, target, &|| Ok(()))
+}
+
+/// Like [`run`], with `barrier` called between the load and run phases: for eventually
+/// consistent targets it waits until every replica has the loaded records (as separate YCSB
+/// load and run invocations would see them), and is not timed.
+pub fn run_with_barrier<S: State + ?Sized>(
+    state: &S,
+    config: &Config,
+    target: &str,
+    barrier: &dyn Fn() -> anyhow::Result<()>,
+) -> anyhow::Result<Report> {
     config.validate()?;
     let inserts = InsertSequence::new(config.record_count);
     let chooser = KeyChooser::new(config);
@@ -665,6 +677,7 @@ pub fn run<S: State + ?Sized>(state: &S, config: &Config, target: &str) -> anyho
             tally.record(Op::Insert, started, ok);
         };
         phases.push(run_phase(state, config, &inserts, &chooser, "load", &load)?);
+        barrier()?;
     }
     let operations = config.operation_count;
     let threads = config.threads;
