@@ -9,5 +9,6 @@
 //! The binary `psl-bench` is the command-line front end (`psl-bench kernels --help`).
 
 pub mod kernels;
+pub mod locks;
 pub mod start;
 pub mod ycsb;

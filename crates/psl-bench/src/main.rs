@@ -20,6 +20,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Lock acquire+release latency on the embedded SCL cluster, with and without contention.
+    Locks {
+        /// Workers (and contending sessions).
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Acquire+release pairs per session.
+        #[arg(long, default_value_t = 2000)]
+        pairs: u64,
+        /// Directory for locks.json and locks.md.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+    },
     /// Function start-up: cold compile, cached load, warm pooled invoke of `hello`, host-call cost.
     Start {
         /// Measured warm invocations.
@@ -83,6 +95,22 @@ fn main() -> anyhow::Result<()> {
                 kernels::load_module(&path)?;
                 eprintln!("{kind:?}: {} (no imports)", path.display());
             }
+            Ok(())
+        }
+        Command::Locks {
+            workers,
+            pairs,
+            out,
+        } => {
+            let scenarios = psl_bench::locks::run(workers, pairs)?;
+            let table = psl_bench::locks::markdown(&scenarios);
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(
+                out.join("locks.json"),
+                serde_json::to_string_pretty(&scenarios)?,
+            )?;
+            std::fs::write(out.join("locks.md"), &table)?;
+            println!("{table}");
             Ok(())
         }
         Command::Start {
