@@ -16,10 +16,13 @@ use psl_capsule::{
 };
 
 use crate::body::{Batch, BodyError, Fence};
+use crate::lock::Watermark;
 use crate::replica::{Applied, Replica, ReplicaLimits};
 
 /// Records buffered per writer while waiting for a gap to be filled.
 pub const REORDER_BUFFER_RECORDS_MAX: usize = 1024;
+/// Lock verdicts remembered at once (the oldest tokens are forgotten first).
+pub const VERDICTS_MAX: usize = 65_536;
 /// Lamport time of every writer's genesis record.
 const GENESIS_LAMPORT: u64 = 1;
 /// Bytes of records buffered in all.
@@ -70,6 +73,12 @@ pub enum Received {
     },
     /// Refused: forged, tampered, from an unknown or revoked writer, undecryptable, ...
     Rejected(String),
+    /// Kept behind an earlier record of its writer that waits for a lock verdict (or dropped,
+    /// when the buffer was full: it will come again from storage).
+    Waiting {
+        /// Whether it was kept.
+        buffered: bool,
+    },
 }
 
 /// One worker's SCL core.
@@ -82,6 +91,19 @@ pub struct WorkerCore {
     reorder_bytes: usize,
     rejected: u64,
     last_sealed_lamport: u64,
+    /// Lock-service verdicts: for `(lock, token)`, the records committed under that grant.
+    verdicts: BTreeMap<(Vec<u8>, u64), Watermark>,
+    /// Per writer, the verified record that waits for a verdict (its successors wait, still
+    /// unverified, in the reorder buffer, so they can be fetched again if it overflows).
+    held: BTreeMap<WriterId, (u64, Batch)>,
+    fenced_refused: u64,
+}
+
+/// What the verdicts say about a fenced record.
+enum Decision {
+    Commit,
+    Refuse,
+    Hold,
 }
 
 impl WorkerCore {
@@ -110,6 +132,9 @@ impl WorkerCore {
             reorder_bytes: 0,
             rejected: 0,
             last_sealed_lamport: GENESIS_LAMPORT,
+            verdicts: BTreeMap::new(),
+            held: BTreeMap::new(),
+            fenced_refused: 0,
         };
         Ok((core, genesis))
     }
@@ -182,6 +207,18 @@ impl WorkerCore {
         if record.writer() == self.writer.writer_id() {
             return Received::Own;
         }
+        if let Some((held_seq, _)) = self.held.get(&record.writer()) {
+            // Behind a record that waits for a lock verdict: keep it unverified (so it can be
+            // fetched again if the buffer is full) until the verdict comes.
+            if record.seq() <= *held_seq {
+                return Received::Duplicate;
+            }
+            let (writer, seq) = (record.writer(), record.seq());
+            return match self.buffer(record, writer, seq..seq) {
+                Received::Gap { buffered, .. } => Received::Waiting { buffered },
+                other => other,
+            };
+        }
         match self.verifier.verify(&record, validity) {
             Ok(Verdict::Duplicate { .. }) => Received::Duplicate,
             Ok(Verdict::Accepted(verified)) => match self.apply_verified(&verified) {
@@ -227,26 +264,116 @@ impl WorkerCore {
         }
     }
 
-    /// Applies a verified record to the replica. Returns whether it carried updates.
+    /// Applies a verified record to the replica. Returns whether it carried updates that were
+    /// applied now (a fenced record may wait for its verdict or be refused by it).
     fn apply_verified(&mut self, verified: &psl_capsule::VerifiedRecord) -> Result<bool, String> {
         let record = verified.record();
+        let (writer, seq) = (record.writer(), record.seq());
         if record.kind() != RecordKind::Updates {
             // Still the next record of its writer: the replica's applied seq moves past it.
-            self.replica.note_applied(record.writer(), record.seq());
+            self.replica.note_applied(writer, seq);
             return Ok(false);
         }
-        let plaintext = verified
+        let batch = match verified
             .open_body(&self.data_key)
-            .map_err(|e| e.to_string())?;
-        let batch = Batch::decode(&plaintext).map_err(|e| e.to_string())?;
-        match self
-            .replica
-            .apply_remote(record.writer(), record.seq(), &batch)
+            .map_err(|e| e.to_string())
+            .and_then(|plain| Batch::decode(&plain).map_err(|e| e.to_string()))
         {
+            Ok(batch) => batch,
+            Err(reason) => {
+                // Validly signed but unreadable: the writer is certified yet broken or hostile.
+                // Its chain moves on without the content, so its later records still apply.
+                self.replica.note_applied(writer, seq);
+                return Err(reason);
+            }
+        };
+        match self.decide(writer, seq, &batch.fences) {
+            Decision::Commit => self.commit(writer, seq, &batch),
+            Decision::Refuse => {
+                self.fenced_refused += 1;
+                self.replica.note_applied(writer, seq);
+                Ok(false)
+            }
+            Decision::Hold => {
+                self.held.insert(writer, (seq, batch));
+                Ok(false)
+            }
+        }
+    }
+
+    fn commit(&mut self, writer: WriterId, seq: u64, batch: &Batch) -> Result<bool, String> {
+        match self.replica.apply_remote(writer, seq, batch) {
             Applied::Applied { .. } | Applied::Duplicate => Ok(true),
             // The verifier checked the chain, so the replica cannot be behind it.
             Applied::Gap { expected } => Err(format!("replica expected seq {expected} first")),
         }
+    }
+
+    /// Fenced writes commit at release (docs/design/scl.md): a record written under the
+    /// grants `fences` is applied if every grant's verdict covers it, refused if one verdict
+    /// does not, and held until the missing verdicts arrive otherwise.
+    fn decide(&self, writer: WriterId, seq: u64, fences: &[Fence]) -> Decision {
+        let mut complete = true;
+        for fence in fences {
+            match self.verdicts.get(&(fence.lock.clone(), fence.token)) {
+                Some(verdict) if verdict.covers(&writer, seq) => {}
+                Some(_) => return Decision::Refuse,
+                None => complete = false,
+            }
+        }
+        if complete {
+            Decision::Commit
+        } else {
+            Decision::Hold
+        }
+    }
+
+    /// Takes the lock service's verdict on the grant `(lock, token)`: the records of each
+    /// writer up to `committed` are valid under it, later ones are not. Releases and applies
+    /// (or refuses) the records that waited for it. Returns the records applied.
+    pub fn on_verdict(
+        &mut self,
+        lock: &[u8],
+        token: u64,
+        committed: Watermark,
+        validity: Validity,
+    ) -> usize {
+        if self.verdicts.len() >= VERDICTS_MAX {
+            // Tokens only grow, so the smallest key's token is among the oldest.
+            if let Some(oldest) = self.verdicts.keys().min_by_key(|(_, t)| *t).cloned() {
+                self.verdicts.remove(&oldest);
+            }
+        }
+        self.verdicts.insert((lock.to_vec(), token), committed);
+        let waiting: Vec<WriterId> = self.held.keys().copied().collect();
+        let mut applied = 0;
+        for writer in waiting {
+            let Some((seq, batch)) = self.held.remove(&writer) else {
+                continue;
+            };
+            match self.decide(writer, seq, &batch.fences) {
+                Decision::Hold => {
+                    self.held.insert(writer, (seq, batch));
+                    continue;
+                }
+                Decision::Refuse => {
+                    self.fenced_refused += 1;
+                    self.replica.note_applied(writer, seq);
+                }
+                Decision::Commit => {
+                    if self.commit(writer, seq, &batch).unwrap_or(false) {
+                        applied += 1;
+                    }
+                }
+            }
+            applied += self.drain_buffer(writer, validity);
+        }
+        applied
+    }
+
+    /// Fenced records refused because a verdict did not cover them (late writes).
+    pub fn fenced_refused(&self) -> u64 {
+        self.fenced_refused
     }
 
     /// Applies buffered records of `writer` that are now next in line (iteratively).
