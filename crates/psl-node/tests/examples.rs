@@ -1,19 +1,12 @@
 //! The example guests (built by `cargo xtask guests`) run end to end on the embedded platform.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{call, module};
 use std::sync::Arc;
 
 use psl_node::{LocalState, Platform};
 use psl_runtime::RuntimeConfig;
-
-fn module(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../guests/out")
-        .join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!("{}: {e}. Build the guests first: `cargo xtask guests` (or run tests with `cargo xtask test`)", path.display())
-    })
-}
 
 fn platform() -> (Arc<Platform>, LocalState) {
     let state = LocalState::default();
@@ -22,11 +15,6 @@ fn platform() -> (Arc<Platform>, LocalState) {
         platform.deploy(name, &module(name)).unwrap();
     }
     (Arc::new(platform), state)
-}
-
-fn call(platform: &Platform, name: &str, input: &str) -> String {
-    let outcome = platform.invoke(name, input.as_bytes().to_vec()).unwrap();
-    String::from_utf8(outcome.result.unwrap()).unwrap()
 }
 
 #[test]

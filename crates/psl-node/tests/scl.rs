@@ -1,21 +1,15 @@
 //! The embedded SCL cluster: several workers in one process share state through sealed records
 //! in a DataCapsule, with release-consistent locks.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{call, module};
 use std::sync::Arc;
 use std::time::Duration;
 
 use psl_node::Platform;
 use psl_node::scl::{RoundRobin, SclCluster};
 use psl_runtime::{RuntimeConfig, State};
-
-fn module(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../guests/out")
-        .join(format!("{name}.wasm"));
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}. Run `cargo xtask guests` first", path.display()))
-}
 
 fn platform(workers: usize) -> (Arc<Platform>, SclCluster, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -29,11 +23,6 @@ fn platform(workers: usize) -> (Arc<Platform>, SclCluster, tempfile::TempDir) {
         platform.deploy(name, &module(name)).unwrap();
     }
     (Arc::new(platform), cluster, dir)
-}
-
-fn call(platform: &Platform, name: &str, input: &str) -> String {
-    let outcome = platform.invoke(name, input.as_bytes().to_vec()).unwrap();
-    String::from_utf8(outcome.result.unwrap()).unwrap()
 }
 
 #[test]

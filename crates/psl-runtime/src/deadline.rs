@@ -215,15 +215,10 @@ pub struct Timer {
     thread: Option<JoinHandle<()>>,
 }
 
-/// An armed deadline; disarm it (or drop it) when the invocation ends.
+/// An armed deadline; dropping it disarms it (call sites drop it when the invocation ends).
 pub struct Armed<'t> {
     timer: &'t Timer,
     id: u64,
-}
-
-impl Armed<'_> {
-    /// Removes the timer entry. After this returns the timer will not touch the flag again.
-    pub fn disarm(self) {}
 }
 
 impl Drop for Armed<'_> {
