@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-const GUESTS: [&str; 3] = ["hello", "counter", "bank"];
+const GUESTS: [&str; 4] = ["hello", "counter", "bank", "ycsb"];
 const WASM_TARGET: &str = "wasm32-wasip1";
 
 fn root() -> PathBuf {
