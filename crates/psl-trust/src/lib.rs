@@ -1,0 +1,1 @@
+//! PSL trust layer (in progress).
