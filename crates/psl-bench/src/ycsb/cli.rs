@@ -1,11 +1,14 @@
 //! The `psl-bench ycsb` command line: flags named after YCSB's properties.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use psl_runtime::State;
 
 use super::record::InsertOrder;
-use super::{Config, Distribution, Report, run};
+use super::wasm::WasmTarget;
+use super::{Config, Distribution, Report, run, run_via, run_with_barrier};
 
 /// `psl-bench ycsb`: a YCSB core workload against a PSL state backend.
 #[derive(clap::Args, Debug)]
@@ -13,13 +16,23 @@ pub struct YcsbArgs {
     /// Workload: a, b, c, d, e, f, or custom (with the proportion flags).
     #[arg(long, default_value = "a")]
     pub workload: String,
-    /// Backend: `local` (psl-node's in-memory single-node LocalState) or `scl` (the embedded
-    /// SCL cluster with `--workers` replicas and a DataCapsule).
-    #[arg(long, default_value = "local")]
-    pub target: String,
-    /// Workers of the `scl` target.
+    /// Backend: `local` (psl-node's in-memory single-node LocalState), `scl` (the embedded
+    /// SCL cluster with `--workers` replicas and a DataCapsule), or `wasm-local` / `wasm-scl`
+    /// (the same stores, with the run phase's operations performed by the `ycsb` WebAssembly
+    /// function, `--ops-per-invoke` operations per invocation). A comma-separated list runs
+    /// each target in turn (each on a fresh store) and also writes a comparison table.
+    #[arg(long, default_value = "local", value_delimiter = ',')]
+    pub target: Vec<String>,
+    /// Workers of the `scl` and `wasm-scl` targets.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
+    /// YCSB operations per function invocation of the `wasm-*` targets (1..=2048); a
+    /// comma-separated list runs each value in turn.
+    #[arg(long, default_value = "1", value_delimiter = ',')]
+    pub ops_per_invoke: Vec<usize>,
+    /// The `ycsb` guest module of the `wasm-*` targets.
+    #[arg(long, default_value = "guests/out/ycsb.wasm")]
+    pub wasm: PathBuf,
     /// Records loaded.
     #[arg(long, default_value_t = 1000)]
     pub recordcount: u64,
@@ -80,7 +93,8 @@ pub struct YcsbArgs {
     /// Seed of every random stream.
     #[arg(long, default_value_t = 0x5EED)]
     pub seed: u64,
-    /// Directory for ycsb-<workload>-<target>.json and .md.
+    /// Directory for ycsb-<workload>-<target>.json and .md (and ycsb-<workload>-compare.* for
+    /// several runs).
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
 }
@@ -130,20 +144,34 @@ impl YcsbArgs {
     }
 }
 
-/// Runs the command: the workload, then the JSON and Markdown files, then the summary on stdout.
-pub fn main(args: YcsbArgs) -> anyhow::Result<()> {
-    let config = args.config()?;
-    let report = match args.target.as_str() {
-        "local" => run(&psl_node::LocalState::default(), &config, "local")?,
-        "scl" => {
+/// One target: its store, built fresh for every run.
+fn run_target(
+    args: &YcsbArgs,
+    config: &Config,
+    target: &str,
+    ops_per_invoke: usize,
+) -> anyhow::Result<Report> {
+    let wasm_target = |states: Vec<Arc<dyn State>>| -> anyhow::Result<WasmTarget> {
+        let module = WasmTarget::read_module(&args.wasm)?;
+        WasmTarget::new(&module, states, ops_per_invoke)
+    };
+    match target {
+        "local" => run(&psl_node::LocalState::default(), config, "local"),
+        "wasm-local" => {
+            let state = Arc::new(psl_node::LocalState::default());
+            let wasm = wasm_target(vec![state.clone()])?;
+            let name = format!("wasm-local-k{ops_per_invoke}");
+            run_via(state.as_ref(), config, &name, &|| Ok(()), Some(&wasm))
+        }
+        "scl" | "wasm-scl" => {
             // The embedded SCL cluster: `workers` replicas in this process, records sealed,
             // signed and appended (fsync) to a DataCapsule in a temporary directory at every
-            // flush; sessions spread over the workers in turn.
+            // flush; native sessions spread over the workers in turn, and for `wasm-scl` one
+            // platform (runtime) per worker, client thread `i` invoking on worker `i % workers`.
             let dir = tempfile::tempdir()?;
             let cluster =
                 psl_node::scl::SclCluster::start(&dir.path().join("capsule"), args.workers)
                     .context("starting the SCL cluster")?;
-            let target = format!("scl{}", args.workers);
             let settle = || {
                 anyhow::ensure!(
                     cluster.settle(std::time::Duration::from_secs(600)),
@@ -151,38 +179,92 @@ pub fn main(args: YcsbArgs) -> anyhow::Result<()> {
                 );
                 Ok(())
             };
-            crate::ycsb::run_with_barrier(
-                &psl_node::scl::RoundRobin(cluster.clone()),
-                &config,
-                &target,
-                &settle,
-            )?
+            let native = psl_node::scl::RoundRobin(cluster.clone());
+            if target == "scl" {
+                let name = format!("scl{}", args.workers);
+                return run_with_barrier(&native, config, &name, &settle);
+            }
+            let states = (0..args.workers)
+                .map(|i| Arc::new(cluster.worker(i)) as Arc<dyn State>)
+                .collect();
+            let wasm = wasm_target(states)?;
+            let name = format!("wasm-scl{}-k{ops_per_invoke}", args.workers);
+            run_via(&native, config, &name, &settle, Some(&wasm))
         }
-        other => bail!("unknown target {other:?} (local, scl)"),
-    };
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let stem = format!("ycsb-{}-{}", config.workload, report.target);
-    let markdown = format!("{}\n{}\n", Report::markdown_header(), report.markdown());
+        other => bail!("unknown target {other:?} (local, scl, wasm-local, wasm-scl)"),
+    }
+}
+
+fn write_files(out: &Path, stem: &str, json: &str, markdown: &str) -> anyhow::Result<()> {
     for (file, text) in [
-        (
-            format!("{stem}.json"),
-            serde_json::to_string_pretty(&report)?,
-        ),
-        (format!("{stem}.md"), markdown.clone()),
+        (format!("{stem}.json"), json),
+        (format!("{stem}.md"), markdown),
     ] {
-        let path = args.out.join(file);
+        let path = out.join(file);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
-    for phase in &report.phases {
-        eprintln!(
-            "{}: {} ops in {:.2} s = {:.0} ops/s, {} failed",
-            phase.phase, phase.operations, phase.elapsed_s, phase.throughput_ops_s, phase.failed
-        );
+    Ok(())
+}
+
+/// Runs the command: each target (and, for `wasm-*`, each `--ops-per-invoke`), then the JSON
+/// and Markdown files, then the summary on stdout.
+pub fn main(args: YcsbArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut runs = Vec::new();
+    for target in &args.target {
+        let per_invoke: &[usize] = if target.starts_with("wasm-") {
+            &args.ops_per_invoke
+        } else {
+            &[1]
+        };
+        for &k in per_invoke {
+            eprintln!(
+                "ycsb {}: target {target}{}",
+                config.workload,
+                if target.starts_with("wasm-") {
+                    format!(", {k} op(s) per invocation")
+                } else {
+                    String::new()
+                }
+            );
+            let report = run_target(&args, &config, target, k)?;
+            let stem = format!("ycsb-{}-{}", config.workload, report.target);
+            let markdown = format!("{}\n{}\n", Report::markdown_header(), report.markdown());
+            write_files(
+                &args.out,
+                &stem,
+                &serde_json::to_string_pretty(&report)?,
+                &markdown,
+            )?;
+            for phase in &report.phases {
+                eprintln!(
+                    "{}: {} ops in {:.2} s = {:.0} ops/s, {} failed",
+                    phase.phase,
+                    phase.operations,
+                    phase.elapsed_s,
+                    phase.throughput_ops_s,
+                    phase.failed
+                );
+            }
+            runs.push(report);
+        }
+    }
+    let rows: Vec<String> = runs.iter().map(Report::markdown).collect();
+    let markdown = format!("{}\n{}\n", Report::markdown_header(), rows.join("\n"));
+    if runs.len() > 1 {
+        let stem = format!("ycsb-{}-compare", config.workload);
+        write_files(
+            &args.out,
+            &stem,
+            &serde_json::to_string_pretty(&runs)?,
+            &markdown,
+        )?;
     }
     println!("{markdown}");
-    let failed: u64 = report.phases.iter().map(|p| p.failed).sum();
+    let failed: u64 = runs.iter().flat_map(|r| &r.phases).map(|p| p.failed).sum();
     anyhow::ensure!(failed == 0, "{failed} operation(s) failed; see the JSON");
     Ok(())
 }

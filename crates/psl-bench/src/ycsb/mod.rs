@@ -30,6 +30,7 @@ pub mod cli;
 pub mod generator;
 pub mod record;
 pub mod rng;
+pub mod wasm;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -361,6 +362,11 @@ pub struct PhaseReport {
     pub throughput_ops_s: f64,
     /// Per operation type, only those that ran.
     pub ops: Vec<OpStats>,
+    /// `wasm-*` targets: one entry (`INVOKE`) for the function invocations, each carrying
+    /// `ops_per_invoke` operations (latency of a whole invocation, including generating and
+    /// encoding its operations).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invocations: Option<OpStats>,
 }
 
 /// A whole run.
@@ -374,6 +380,20 @@ pub struct Report {
     pub record_bytes: usize,
     /// Load then run.
     pub phases: Vec<PhaseReport>,
+    /// `wasm-*` targets: how the run phase invoked the guest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wasm: Option<WasmInfo>,
+}
+
+/// How a `wasm-*` run invoked the `ycsb` guest.
+#[derive(Clone, Debug, Serialize)]
+pub struct WasmInfo {
+    /// BLAKE3 hash of the guest module.
+    pub module: String,
+    /// YCSB operations per function invocation.
+    pub ops_per_invoke: usize,
+    /// Platforms (runtimes), one per worker; client thread `i` uses platform `i % platforms`.
+    pub platforms: usize,
 }
 
 impl Report {
@@ -398,6 +418,7 @@ impl Report {
         let us = |ns: u64| format!("{:.1}", ns as f64 / 1000.0);
         run.ops
             .iter()
+            .chain(&run.invocations)
             .map(|o| {
                 format!(
                     "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
@@ -426,6 +447,9 @@ impl Report {
 struct Tally {
     histograms: Vec<Histogram<u64>>,
     failed: [u64; 5],
+    /// Whole function invocations (`wasm-*` targets).
+    invokes: Histogram<u64>,
+    invokes_failed: u64,
 }
 
 impl Tally {
@@ -437,15 +461,28 @@ impl Tally {
         Ok(Self {
             histograms,
             failed: [0; 5],
+            invokes: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)?,
+            invokes_failed: 0,
         })
     }
 
     fn record(&mut self, op: Op, started: Instant, ok: bool) {
-        let ns = started.elapsed().as_nanos().clamp(1, 3_600_000_000_000) as u64;
+        self.record_ns(op, started.elapsed().as_nanos() as u64, ok);
+    }
+
+    fn record_ns(&mut self, op: Op, ns: u64, ok: bool) {
+        let ns = ns.clamp(1, 3_600_000_000_000);
         // The value is within the histogram's bounds by construction.
         let _ = self.histograms[op.index()].record(ns);
         if !ok {
             self.failed[op.index()] += 1;
+        }
+    }
+
+    fn record_invoke(&mut self, ns: u64, ok: bool) {
+        let _ = self.invokes.record(ns.clamp(1, 3_600_000_000_000));
+        if !ok {
+            self.invokes_failed += 1;
         }
     }
 
@@ -456,26 +493,31 @@ impl Tally {
         for (mine, theirs) in self.failed.iter_mut().zip(other.failed) {
             *mine += theirs;
         }
+        self.invokes.add(&other.invokes)?;
+        self.invokes_failed += other.invokes_failed;
         Ok(())
     }
 
     fn report(&self, phase: &'static str, elapsed_s: f64) -> PhaseReport {
+        let stats = |op: &'static str, h: &Histogram<u64>, failed: u64| OpStats {
+            op,
+            count: h.len(),
+            failed,
+            mean_ns: h.mean(),
+            p50_ns: h.value_at_quantile(0.50),
+            p95_ns: h.value_at_quantile(0.95),
+            p99_ns: h.value_at_quantile(0.99),
+            p999_ns: h.value_at_quantile(0.999),
+            max_ns: h.max(),
+        };
         let ops: Vec<OpStats> = Op::ALL
             .iter()
             .zip(&self.histograms)
             .filter(|(_, h)| !h.is_empty())
-            .map(|(op, h)| OpStats {
-                op: op.name(),
-                count: h.len(),
-                failed: self.failed[op.index()],
-                mean_ns: h.mean(),
-                p50_ns: h.value_at_quantile(0.50),
-                p95_ns: h.value_at_quantile(0.95),
-                p99_ns: h.value_at_quantile(0.99),
-                p999_ns: h.value_at_quantile(0.999),
-                max_ns: h.max(),
-            })
+            .map(|(op, h)| stats(op.name(), h, self.failed[op.index()]))
             .collect();
+        let invocations =
+            (!self.invokes.is_empty()).then(|| stats("INVOKE", &self.invokes, self.invokes_failed));
         let operations = ops.iter().map(|o| o.count).sum();
         PhaseReport {
             phase,
@@ -484,6 +526,7 @@ impl Tally {
             elapsed_s,
             throughput_ops_s: operations as f64 / elapsed_s.max(1e-9),
             ops,
+            invocations,
         }
     }
 }
@@ -495,6 +538,23 @@ struct Client<'a> {
     chooser: KeyChooser,
     inserts: &'a InsertSequence,
     session: Box<dyn Session>,
+    /// `wasm-*` targets in the run phase: operations go to the guest instead of `session`.
+    wasm: Option<WasmClient<'a>>,
+}
+
+/// The run-phase state of a client thread that sends its operations to the `ycsb` guest.
+struct WasmClient<'a> {
+    target: &'a wasm::WasmTarget,
+    thread: usize,
+    batch: wasm::Batch,
+    /// The operations in `batch`, in order.
+    ops: Vec<Op>,
+    /// Insert ordinals in `batch`, acknowledged once the invocation returns.
+    inserting: Vec<u64>,
+    /// When the first operation of `batch` started.
+    started: Option<Instant>,
+    /// The first invocation failure, reported once.
+    reported: bool,
 }
 
 impl Client<'_> {
@@ -560,7 +620,171 @@ impl Client<'_> {
         ok
     }
 
+    /// Like [`Client::operation`], but encodes the operation into the guest batch (drawing the
+    /// same random values in the same order as the native methods) and invokes the guest once
+    /// the batch holds `ops_per_invoke` operations.
+    fn wasm_operation(&mut self, tally: &mut Tally) {
+        let op = self.config.proportions.choose(&mut self.rng);
+        let started = Instant::now();
+        let Some(checkpoint) = self.wasm.as_ref().map(|w| w.batch.checkpoint()) else {
+            return;
+        };
+        let encoded = self.encode(op);
+        let Some(wasm) = self.wasm.as_mut() else {
+            return;
+        };
+        if let Err(e) = encoded {
+            // Only a key, value or scan beyond the wire format's bounds gets here: the
+            // operation fails and leaves the batch as it was.
+            if !wasm.reported {
+                eprintln!("ycsb wasm: cannot encode {}: {e:#}", op.name());
+                wasm.reported = true;
+            }
+            wasm.batch.rollback(checkpoint);
+            tally.record(op, started, false);
+            return;
+        }
+        wasm.started.get_or_insert(started);
+        wasm.ops.push(op);
+        if wasm.ops.len() >= wasm.target.ops_per_invoke {
+            self.wasm_invoke(tally);
+        }
+    }
+
+    fn encode(&mut self, op: Op) -> anyhow::Result<()> {
+        let (count, length) = (self.config.field_count, self.config.field_length);
+        let read_field = |client: &mut Self| {
+            (!client.config.read_all_fields).then(|| client.rng.below(count as u64) as usize)
+        };
+        match op {
+            Op::Read => {
+                let k = self.chooser.next(&mut self.rng, self.inserts);
+                let key = self.key(k);
+                let field = read_field(self);
+                self.batch()?.read(&key, field)
+            }
+            Op::Update => {
+                let k = self.chooser.next(&mut self.rng, self.inserts);
+                let key = self.key(k);
+                self.encode_update(&key, None)
+            }
+            Op::ReadModifyWrite => {
+                let k = self.chooser.next(&mut self.rng, self.inserts);
+                let key = self.key(k);
+                let field = read_field(self);
+                self.encode_update(&key, Some(field))
+            }
+            Op::Scan => {
+                let start = self.chooser.next(&mut self.rng, self.inserts);
+                let len = self
+                    .rng
+                    .inclusive(self.config.min_scan_length, self.config.max_scan_length);
+                let last = self.inserts.last();
+                let keys: Vec<Vec<u8>> = (start
+                    ..start.saturating_add(len).min(last.saturating_add(1)))
+                    .map(|ordinal| self.key(ordinal))
+                    .collect();
+                self.batch()?.read_keys(&keys)
+            }
+            Op::Insert => {
+                let ordinal = self.inserts.next();
+                let key = self.key(ordinal);
+                let record = Record::random(&mut self.rng, count, length).encode();
+                let wasm = self.wasm.as_mut().context("no wasm client")?;
+                // Acknowledged once the invocation returns (or now, if it cannot be encoded:
+                // an insert that never happens must not hold back the newest acknowledged one).
+                wasm.inserting.push(ordinal);
+                let put = wasm.batch.put(&key, &record);
+                if put.is_err() {
+                    wasm.inserting.pop();
+                    self.inserts.acknowledge(ordinal);
+                }
+                put
+            }
+        }
+    }
+
+    /// An update (`read_first: None`) or a read-modify-write reading `read_first`'s field.
+    fn encode_update(
+        &mut self,
+        key: &[u8],
+        read_first: Option<Option<usize>>,
+    ) -> anyhow::Result<()> {
+        let (count, length) = (self.config.field_count, self.config.field_length);
+        if self.config.write_all_fields {
+            let record = Record::random(&mut self.rng, count, length).encode();
+            let batch = self.batch()?;
+            return match read_first {
+                // With writeallfields a read-modify-write is two wire operations, READ then
+                // PUT; `wasm_invoke` folds their two statuses into one.
+                Some(field) => {
+                    batch.read(key, field)?;
+                    batch.put(key, &record)
+                }
+                None => batch.put(key, &record),
+            };
+        }
+        let field = self.rng.below(count as u64) as usize;
+        let value = record::random_bytes(&mut self.rng, length);
+        let batch = self.batch()?;
+        match read_first {
+            Some(read_field) => batch.read_modify_write(key, read_field, field, &value),
+            None => batch.update(key, field, &value),
+        }
+    }
+
+    fn batch(&mut self) -> anyhow::Result<&mut wasm::Batch> {
+        Ok(&mut self.wasm.as_mut().context("no wasm client")?.batch)
+    }
+
+    /// Invokes the guest on the pending batch (if any) and records its operations.
+    fn wasm_invoke(&mut self, tally: &mut Tally) {
+        let Some(wasm) = self.wasm.as_mut() else {
+            return;
+        };
+        if wasm.ops.is_empty() {
+            return;
+        }
+        let wire_ops = wasm.batch.len();
+        let input = wasm.batch.take();
+        let reply = wasm.target.invoke(wasm.thread, input, wire_ops);
+        let started = wasm.started.take().unwrap_or_else(Instant::now);
+        let ns = started.elapsed().as_nanos() as u64;
+        for ordinal in wasm.inserting.drain(..) {
+            self.inserts.acknowledge(ordinal);
+        }
+        let ops = std::mem::take(&mut wasm.ops);
+        let per_op = ns / ops.len() as u64;
+        tally.record_invoke(ns, reply.is_ok());
+        match reply {
+            Ok(reply) => {
+                // A read-modify-write with writeallfields is two wire operations (READ, PUT).
+                let mut statuses = reply.statuses.iter();
+                let rmw_pair = self.config.write_all_fields;
+                for op in ops {
+                    let mut ok = statuses.next() == Some(&wasm::status::OK);
+                    if rmw_pair && op == Op::ReadModifyWrite {
+                        ok &= statuses.next() == Some(&wasm::status::OK);
+                    }
+                    tally.record_ns(op, per_op, ok);
+                }
+            }
+            Err(e) => {
+                if !wasm.reported {
+                    eprintln!("ycsb wasm: invocation failed: {e:#}");
+                    wasm.reported = true;
+                }
+                for op in ops {
+                    tally.record_ns(op, per_op, false);
+                }
+            }
+        }
+    }
+
     fn operation(&mut self, tally: &mut Tally) {
+        if self.wasm.is_some() {
+            return self.wasm_operation(tally);
+        }
         let op = self.config.proportions.choose(&mut self.rng);
         let started = Instant::now();
         let ok = match op {
@@ -598,6 +822,7 @@ fn run_phase<S: State + ?Sized>(
     inserts: &InsertSequence,
     chooser: &KeyChooser,
     phase: &'static str,
+    wasm: Option<&wasm::WasmTarget>,
     body: &(dyn Fn(&mut Client<'_>, &mut Tally, usize) + Sync),
 ) -> anyhow::Result<PhaseReport> {
     let started = Instant::now();
@@ -607,15 +832,30 @@ fn run_phase<S: State + ?Sized>(
                 let chooser = chooser.clone();
                 scope.spawn(move || -> anyhow::Result<Tally> {
                     let stream = if phase == "load" { 0 } else { 1 << 32 };
+                    let wasm = match wasm {
+                        Some(target) => Some(WasmClient {
+                            target,
+                            thread: index,
+                            batch: wasm::Batch::new(config.field_count)?,
+                            ops: Vec::new(),
+                            inserting: Vec::new(),
+                            started: None,
+                            reported: false,
+                        }),
+                        None => None,
+                    };
                     let mut client = Client {
                         config,
                         rng: SplitMix64::for_thread(config.seed, stream | index as u64),
                         chooser,
                         inserts,
                         session: state.session(),
+                        wasm,
                     };
                     let mut tally = Tally::new()?;
                     body(&mut client, &mut tally, index);
+                    // The last, partial batch.
+                    client.wasm_invoke(&mut tally);
                     client
                         .session
                         .finish()
@@ -661,6 +901,19 @@ pub fn run_with_barrier<S: State + ?Sized>(
     target: &str,
     barrier: &dyn Fn() -> anyhow::Result<()>,
 ) -> anyhow::Result<Report> {
+    run_via(state, config, target, barrier, None)
+}
+
+/// Like [`run_with_barrier`], with the run phase's operations sent to the `ycsb` guest through
+/// `wasm` (when given) instead of native sessions of `state`. The load phase is native: it is
+/// not timed against the targets' goals, and it loads the same records either way.
+pub fn run_via<S: State + ?Sized>(
+    state: &S,
+    config: &Config,
+    target: &str,
+    barrier: &dyn Fn() -> anyhow::Result<()>,
+    wasm: Option<&wasm::WasmTarget>,
+) -> anyhow::Result<Report> {
     config.validate()?;
     let inserts = InsertSequence::new(config.record_count);
     let chooser = KeyChooser::new(config);
@@ -676,7 +929,9 @@ pub fn run_with_barrier<S: State + ?Sized>(
             let ok = client.insert(ordinal);
             tally.record(Op::Insert, started, ok);
         };
-        phases.push(run_phase(state, config, &inserts, &chooser, "load", &load)?);
+        phases.push(run_phase(
+            state, config, &inserts, &chooser, "load", None, &load,
+        )?);
         barrier()?;
     }
     let operations = config.operation_count;
@@ -686,7 +941,9 @@ pub fn run_with_barrier<S: State + ?Sized>(
             client.operation(tally);
         }
     };
-    phases.push(run_phase(state, config, &inserts, &chooser, "run", &work)?);
+    phases.push(run_phase(
+        state, config, &inserts, &chooser, "run", wasm, &work,
+    )?);
     let record_bytes = Record::random(
         &mut SplitMix64::new(0),
         config.field_count,
@@ -699,6 +956,11 @@ pub fn run_with_barrier<S: State + ?Sized>(
         config: config.clone(),
         record_bytes,
         phases,
+        wasm: wasm.map(|w| WasmInfo {
+            module: w.module.clone(),
+            ops_per_invoke: w.ops_per_invoke,
+            platforms: w.platforms(),
+        }),
     })
 }
 
