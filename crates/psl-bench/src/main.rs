@@ -81,12 +81,12 @@ enum Command {
         list: bool,
     },
     /// YCSB core workload (A-F or custom) against a state backend.
-    Ycsb(psl_bench::ycsb::cli::YcsbArgs),
+    Ycsb(Box<psl_bench::ycsb::cli::YcsbArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Ycsb(args) => psl_bench::ycsb::cli::main(args),
+        Command::Ycsb(args) => psl_bench::ycsb::cli::main(*args),
         Command::BuildKernels { root } => {
             let root = root.unwrap_or_else(kernels::repo_root);
             kernels::build_guest_modules(&root)?;

@@ -50,6 +50,7 @@ fn wasm_scl(config: &Config, ops_per_invoke: usize) -> Report {
         "wasm-scl2",
         &settle,
         Some(&wasm),
+        None,
     )
     .unwrap()
 }
@@ -111,6 +112,7 @@ fn wasm_ycsb_on_local_state_runs_every_workload() {
             "wasm-local",
             &|| Ok(()),
             Some(&wasm),
+            None,
         )
         .unwrap();
         let run = report.phase("run").unwrap();

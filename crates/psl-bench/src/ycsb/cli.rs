@@ -8,7 +8,7 @@ use psl_runtime::State;
 
 use super::record::InsertOrder;
 use super::wasm::WasmTarget;
-use super::{Config, Distribution, Report, run, run_via, run_with_barrier};
+use super::{Config, Distribution, Report, run, run_via};
 
 /// `psl-bench ycsb`: a YCSB core workload against a PSL state backend.
 #[derive(clap::Args, Debug)]
@@ -30,6 +30,12 @@ pub struct YcsbArgs {
     /// comma-separated list runs each value in turn.
     #[arg(long, default_value = "1", value_delimiter = ',')]
     pub ops_per_invoke: Vec<usize>,
+    /// Native targets: finish the session (flush) and open a new one after every this many
+    /// run-phase operations, as a function invocation does (0: one session per thread for the
+    /// whole phase, YCSB's one DB instance per client thread). A comma-separated list runs
+    /// each value in turn.
+    #[arg(long, default_value = "0", value_delimiter = ',')]
+    pub ops_per_session: Vec<u64>,
     /// The `ycsb` guest module of the `wasm-*` targets.
     #[arg(long, default_value = "guests/out/ycsb.wasm")]
     pub wasm: PathBuf,
@@ -39,6 +45,9 @@ pub struct YcsbArgs {
     /// Operations in the run phase.
     #[arg(long, default_value_t = 1000)]
     pub operationcount: u64,
+    /// YCSB maxexecutiontime: stop the run phase after this many seconds.
+    #[arg(long)]
+    pub maxexecutiontime: Option<f64>,
     /// Client threads.
     #[arg(long, alias = "threadcount", default_value_t = 1)]
     pub threads: usize,
@@ -140,6 +149,7 @@ impl YcsbArgs {
         config.min_scan_length = self.minscanlength;
         config.max_scan_length = self.maxscanlength;
         config.seed = self.seed;
+        config.max_execution_time_s = self.maxexecutiontime;
         Ok(config)
     }
 }
@@ -156,12 +166,18 @@ fn run_target(
         WasmTarget::new(&module, states, ops_per_invoke)
     };
     match target {
-        "local" => run(&psl_node::LocalState::default(), config, "local"),
+        "local" => {
+            let name = match config.ops_per_session {
+                0 => "local".to_string(),
+                k => format!("local-s{k}"),
+            };
+            run(&psl_node::LocalState::default(), config, &name)
+        }
         "wasm-local" => {
             let state = Arc::new(psl_node::LocalState::default());
             let wasm = wasm_target(vec![state.clone()])?;
             let name = format!("wasm-local-k{ops_per_invoke}");
-            run_via(state.as_ref(), config, &name, &|| Ok(()), Some(&wasm))
+            run_via(state.as_ref(), config, &name, &|| Ok(()), Some(&wasm), None)
         }
         "scl" | "wasm-scl" => {
             // The embedded SCL cluster: `workers` replicas in this process, records sealed,
@@ -181,15 +197,22 @@ fn run_target(
             };
             let native = psl_node::scl::RoundRobin(cluster.clone());
             if target == "scl" {
-                let name = format!("scl{}", args.workers);
-                return run_with_barrier(&native, config, &name, &settle);
+                let name = match config.ops_per_session {
+                    0 => format!("scl{}", args.workers),
+                    k => format!("scl{}-s{k}", args.workers),
+                };
+                // Run-phase sessions of thread `i` on worker `i % workers`, like `wasm-scl`'s
+                // invocations (with one session per thread this is what round robin gives).
+                let workers = args.workers;
+                let pinned = |thread: usize| cluster.worker(thread % workers).session();
+                return run_via(&native, config, &name, &settle, None, Some(&pinned));
             }
             let states = (0..args.workers)
                 .map(|i| Arc::new(cluster.worker(i)) as Arc<dyn State>)
                 .collect();
             let wasm = wasm_target(states)?;
             let name = format!("wasm-scl{}-k{ops_per_invoke}", args.workers);
-            run_via(&native, config, &name, &settle, Some(&wasm))
+            run_via(&native, config, &name, &settle, Some(&wasm), None)
         }
         other => bail!("unknown target {other:?} (local, scl, wasm-local, wasm-scl)"),
     }
@@ -215,17 +238,24 @@ pub fn main(args: YcsbArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let mut runs = Vec::new();
     for target in &args.target {
-        let per_invoke: &[usize] = if target.starts_with("wasm-") {
-            &args.ops_per_invoke
+        // (operations per invocation, operations per native session) of each run.
+        let variants: Vec<(usize, u64)> = if target.starts_with("wasm-") {
+            args.ops_per_invoke.iter().map(|&k| (k, 0)).collect()
         } else {
-            &[1]
+            args.ops_per_session.iter().map(|&s| (1, s)).collect()
         };
-        for &k in per_invoke {
+        for (k, per_session) in variants {
+            let config = Config {
+                ops_per_session: per_session,
+                ..config.clone()
+            };
             eprintln!(
                 "ycsb {}: target {target}{}",
                 config.workload,
                 if target.starts_with("wasm-") {
                     format!(", {k} op(s) per invocation")
+                } else if per_session > 0 {
+                    format!(", {per_session} op(s) per session")
                 } else {
                     String::new()
                 }

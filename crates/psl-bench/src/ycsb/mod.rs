@@ -207,6 +207,13 @@ pub struct Config {
     pub seed: u64,
     /// Run the load phase first (off to run against an already loaded store).
     pub load: bool,
+    /// YCSB `maxexecutiontime`: the run phase stops after this many seconds even if
+    /// `operation_count` operations are not done (each thread checks between operations).
+    pub max_execution_time_s: Option<f64>,
+    /// Native run phase: finish the session (flush: seal, append, multicast) and open a new
+    /// one after every this many operations, inside the timed operation that ends it, as an
+    /// invocation of a function does; 0 = one session per thread for the whole phase.
+    pub ops_per_session: u64,
 }
 
 impl Config {
@@ -249,6 +256,8 @@ impl Config {
             max_scan_length: 100,
             seed: 0x5EED,
             load: true,
+            max_execution_time_s: None,
+            ops_per_session: 0,
         })
     }
 
@@ -426,7 +435,7 @@ impl Report {
                     self.target,
                     self.config.threads,
                     self.config.record_count,
-                    self.config.operation_count,
+                    run.operations,
                     load,
                     run.throughput_ops_s,
                     o.op,
@@ -538,6 +547,12 @@ struct Client<'a> {
     chooser: KeyChooser,
     inserts: &'a InsertSequence,
     session: Box<dyn Session>,
+    /// Opens the next session of this thread (with `config.ops_per_session`).
+    new_session: &'a (dyn Fn(usize) -> Box<dyn Session> + Sync),
+    /// This client's thread index.
+    thread: usize,
+    /// Operations done in `session`.
+    in_session: u64,
     /// `wasm-*` targets in the run phase: operations go to the guest instead of `session`.
     wasm: Option<WasmClient<'a>>,
 }
@@ -811,8 +826,28 @@ impl Client<'_> {
                 ok
             }
         };
+        let mut ok = ok;
+        if self.config.ops_per_session > 0 {
+            self.in_session += 1;
+            if self.in_session >= self.config.ops_per_session {
+                ok &= self.session.finish().is_ok();
+                self.session = (self.new_session)(self.thread);
+                self.in_session = 0;
+            }
+        }
         tally.record(op, started, ok);
     }
+}
+
+/// Opens a session for client thread `i` (to pin threads to workers).
+pub type Sessions<'a> = dyn Fn(usize) -> Box<dyn Session> + Sync + 'a;
+
+/// How a phase reaches the store: native sessions (`state.session()`, or `sessions` per
+/// thread) or invocations of the `ycsb` guest (`wasm`).
+#[derive(Clone, Copy, Default)]
+struct Via<'a> {
+    wasm: Option<&'a wasm::WasmTarget>,
+    sessions: Option<&'a Sessions<'a>>,
 }
 
 /// Runs `phase` on `config.threads` threads, each with its own client, and merges the tallies.
@@ -822,10 +857,13 @@ fn run_phase<S: State + ?Sized>(
     inserts: &InsertSequence,
     chooser: &KeyChooser,
     phase: &'static str,
-    wasm: Option<&wasm::WasmTarget>,
+    via: Via<'_>,
     body: &(dyn Fn(&mut Client<'_>, &mut Tally, usize) + Sync),
 ) -> anyhow::Result<PhaseReport> {
+    let Via { wasm, sessions } = via;
     let started = Instant::now();
+    let any = |_thread: usize| state.session();
+    let new_session: &Sessions<'_> = sessions.unwrap_or(&any);
     let tallies = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..config.threads)
             .map(|index| {
@@ -849,7 +887,10 @@ fn run_phase<S: State + ?Sized>(
                         rng: SplitMix64::for_thread(config.seed, stream | index as u64),
                         chooser,
                         inserts,
-                        session: state.session(),
+                        session: new_session(index),
+                        new_session,
+                        thread: index,
+                        in_session: 0,
                         wasm,
                     };
                     let mut tally = Tally::new()?;
@@ -901,18 +942,21 @@ pub fn run_with_barrier<S: State + ?Sized>(
     target: &str,
     barrier: &dyn Fn() -> anyhow::Result<()>,
 ) -> anyhow::Result<Report> {
-    run_via(state, config, target, barrier, None)
+    run_via(state, config, target, barrier, None, None)
 }
 
 /// Like [`run_with_barrier`], with the run phase's operations sent to the `ycsb` guest through
-/// `wasm` (when given) instead of native sessions of `state`. The load phase is native: it is
-/// not timed against the targets' goals, and it loads the same records either way.
+/// `wasm` (when given) instead of native sessions, and the run phase's native sessions opened
+/// by `sessions` (thread index to session; default: `state.session()`). The load phase is
+/// native on `state`: it is not timed against the targets' goals, and it loads the same
+/// records either way.
 pub fn run_via<S: State + ?Sized>(
     state: &S,
     config: &Config,
     target: &str,
     barrier: &dyn Fn() -> anyhow::Result<()>,
     wasm: Option<&wasm::WasmTarget>,
+    sessions: Option<&Sessions<'_>>,
 ) -> anyhow::Result<Report> {
     config.validate()?;
     let inserts = InsertSequence::new(config.record_count);
@@ -930,19 +974,41 @@ pub fn run_via<S: State + ?Sized>(
             tally.record(Op::Insert, started, ok);
         };
         phases.push(run_phase(
-            state, config, &inserts, &chooser, "load", None, &load,
+            state,
+            config,
+            &inserts,
+            &chooser,
+            "load",
+            Via::default(),
+            &load,
         )?);
         barrier()?;
     }
     let operations = config.operation_count;
     let threads = config.threads;
+    let limit = config
+        .max_execution_time_s
+        .map(|s| std::time::Duration::from_secs_f64(s.max(0.0)));
     let work = move |client: &mut Client<'_>, tally: &mut Tally, index: usize| {
-        for _ in 0..share(operations, threads, index) {
+        let started = Instant::now();
+        for done in 0..share(operations, threads, index) {
+            if let Some(limit) = limit
+                && done % 64 == 0
+                && started.elapsed() >= limit
+            {
+                break;
+            }
             client.operation(tally);
         }
     };
     phases.push(run_phase(
-        state, config, &inserts, &chooser, "run", wasm, &work,
+        state,
+        config,
+        &inserts,
+        &chooser,
+        "run",
+        Via { wasm, sessions },
+        &work,
     )?);
     let record_bytes = Record::random(
         &mut SplitMix64::new(0),
