@@ -12,5 +12,8 @@
 
 pub mod body;
 pub mod lock;
+pub mod manager;
 pub mod replica;
+#[cfg(test)]
+pub mod sim;
 pub mod worker;

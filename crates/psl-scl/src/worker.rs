@@ -17,6 +17,7 @@ use psl_capsule::{
 
 use crate::body::{Batch, BodyError, Fence};
 use crate::lock::Watermark;
+use crate::manager::{LockVerdict, decode_report, decode_verdicts};
 use crate::replica::{Applied, Replica, ReplicaLimits};
 
 /// Records buffered per writer while waiting for a gap to be filled.
@@ -97,6 +98,27 @@ pub struct WorkerCore {
     /// unverified, in the reorder buffer, so they can be fetched again if it overflows).
     held: BTreeMap<WriterId, (u64, Batch)>,
     fenced_refused: u64,
+    /// The manager's writer id: the only writer whose verdicts and sync reports count.
+    manager: Option<WriterId>,
+    /// Grants this worker's sessions hold or held and whose verdict has not come yet: whether
+    /// the session released it, and the highest seq sealed under it. Checked against the
+    /// verdict: a grant that expired while held, or a refused own record, means this replica
+    /// shows writes nobody else applies (see [`Self::poisoned`]).
+    own_grants: BTreeMap<(Vec<u8>, u64), OwnGrant>,
+    poisoned: bool,
+    /// Ranges a sync report showed missing here: the shell fetches them from storage.
+    wanted: Vec<(WriterId, std::ops::Range<u64>)>,
+    forks: u64,
+    /// Verdicts decoded from the manager's records, applied at the end of [`Self::receive`].
+    pending_verdicts: Vec<LockVerdict>,
+    #[cfg(test)]
+    pub(crate) fencing_disabled: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct OwnGrant {
+    released: bool,
+    sealed_max: Option<u64>,
 }
 
 /// What the verdicts say about a fenced record.
@@ -135,6 +157,14 @@ impl WorkerCore {
             verdicts: BTreeMap::new(),
             held: BTreeMap::new(),
             fenced_refused: 0,
+            manager: None,
+            own_grants: BTreeMap::new(),
+            poisoned: false,
+            wanted: Vec::new(),
+            forks: 0,
+            pending_verdicts: Vec::new(),
+            #[cfg(test)]
+            fencing_disabled: false,
         };
         Ok((core, genesis))
     }
@@ -147,6 +177,58 @@ impl WorkerCore {
     /// The replica (local writes).
     pub fn replica_mut(&mut self) -> &mut Replica {
         &mut self.replica
+    }
+
+    /// Names the manager: lock verdicts and sync reports are accepted from its chain only.
+    pub fn set_manager(&mut self, manager: WriterId) {
+        self.manager = Some(manager);
+    }
+
+    fn own_grant(&mut self, key: (Vec<u8>, u64)) -> &mut OwnGrant {
+        if self.own_grants.len() >= VERDICTS_MAX && !self.own_grants.contains_key(&key) {
+            // Bounded: forget the oldest grant (its verdict is long overdue).
+            if let Some(oldest) = self.own_grants.keys().min_by_key(|(_, t)| *t).cloned() {
+                self.own_grants.remove(&oldest);
+            }
+        }
+        self.own_grants.entry(key).or_default()
+    }
+
+    /// A session on this worker was granted `(lock, token)`: from now on its writes are
+    /// sealed under that fence (the shell passes it to [`Self::seal`]).
+    pub fn note_grant(&mut self, lock: &[u8], token: u64) {
+        if !self.verdicts.contains_key(&(lock.to_vec(), token)) {
+            self.own_grant((lock.to_vec(), token));
+        } else {
+            // Settled before the session even saw it: it expired unseen.
+            self.poisoned = true;
+        }
+    }
+
+    /// The session released `(lock, token)` after its final flush: nothing more is sealed
+    /// under it.
+    pub fn note_release(&mut self, lock: &[u8], token: u64) {
+        if let Some(grant) = self.own_grants.get_mut(&(lock.to_vec(), token)) {
+            grant.released = true;
+        }
+    }
+
+    /// True once a verdict refused one of this worker's own fenced records (it wrote under a
+    /// grant after the lease ended): its replica shows writes nobody else will apply, so the
+    /// shell must end this incarnation and start a new one from the store.
+    pub fn poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Takes the ranges that sync reports showed missing here (fetch them from storage and
+    /// pass the records to [`Self::receive`]).
+    pub fn take_wanted(&mut self) -> Vec<(WriterId, std::ops::Range<u64>)> {
+        std::mem::take(&mut self.wanted)
+    }
+
+    /// Sync-report heads that disagreed with the chain this worker verified (fork evidence).
+    pub fn forks(&self) -> u64 {
+        self.forks
     }
 
     /// Records refused so far.
@@ -180,6 +262,18 @@ impl WorkerCore {
             .seal(RecordKind::Updates, lamport, &[], &body)
             .map_err(|e| CoreError::Seal(e.to_string()))?;
         self.replica.sealed_own(record.seq());
+        let me = self.writer.writer_id();
+        for fence in fences {
+            let key = (fence.lock.clone(), fence.token);
+            if let Some(verdict) = self.verdicts.get(&key) {
+                // Sealed under a grant that is already settled: refused everywhere.
+                if !verdict.covers(&me, record.seq()) {
+                    self.poisoned = true;
+                }
+            } else {
+                self.own_grant(key).sealed_max = Some(record.seq());
+            }
+        }
         Ok(Some(record))
     }
 
@@ -193,7 +287,10 @@ impl WorkerCore {
             Received::Accepted => 0,
             _ => return received,
         };
-        let more = self.drain_buffer(writer, validity);
+        let mut more = self.drain_buffer(writer, validity);
+        while let Some(verdict) = self.pending_verdicts.pop() {
+            more += self.on_verdict(&verdict.lock, verdict.token, verdict.committed, validity);
+        }
         if first + more > 0 {
             Received::Applied {
                 applied: first + more,
@@ -269,10 +366,32 @@ impl WorkerCore {
     fn apply_verified(&mut self, verified: &psl_capsule::VerifiedRecord) -> Result<bool, String> {
         let record = verified.record();
         let (writer, seq) = (record.writer(), record.seq());
-        if record.kind() != RecordKind::Updates {
-            // Still the next record of its writer: the replica's applied seq moves past it.
-            self.replica.note_applied(writer, seq);
-            return Ok(false);
+        match record.kind() {
+            RecordKind::Updates => {}
+            RecordKind::LockRelease | RecordKind::SyncReport => {
+                if self.manager != Some(writer) {
+                    // Only the manager speaks for the lock service. The chain moves on.
+                    self.replica.note_applied(writer, seq);
+                    return Err(format!("{:?} record from a writer that is not the manager", record.kind()));
+                }
+                self.replica.note_applied(writer, seq);
+                let plain = verified.open_body(&self.data_key).map_err(|e| e.to_string())?;
+                if record.kind() == RecordKind::LockRelease {
+                    let verdicts = decode_verdicts(&plain).map_err(|e| e.to_string())?;
+                    for verdict in verdicts {
+                        self.pending_verdicts.push(verdict);
+                    }
+                } else {
+                    let heads = decode_report(&plain).map_err(|e| e.to_string())?;
+                    self.on_report(&heads);
+                }
+                return Ok(true);
+            }
+            _ => {
+                // Still the next record of its writer: the replica's applied seq moves past it.
+                self.replica.note_applied(writer, seq);
+                return Ok(false);
+            }
         }
         let batch = match verified
             .open_body(&self.data_key)
@@ -313,6 +432,10 @@ impl WorkerCore {
     /// grants `fences` is applied if every grant's verdict covers it, refused if one verdict
     /// does not, and held until the missing verdicts arrive otherwise.
     fn decide(&self, writer: WriterId, seq: u64, fences: &[Fence]) -> Decision {
+        #[cfg(test)]
+        if self.fencing_disabled {
+            return Decision::Commit;
+        }
         let mut complete = true;
         for fence in fences {
             match self.verdicts.get(&(fence.lock.clone(), fence.token)) {
@@ -344,6 +467,15 @@ impl WorkerCore {
                 self.verdicts.remove(&oldest);
             }
         }
+        let me = self.writer.writer_id();
+        if let Some(own) = self.own_grants.remove(&(lock.to_vec(), token)) {
+            // Expired while a session here held it (its unsealed writes are applied here and
+            // nowhere else), or refused a record sealed here.
+            let refused = own.sealed_max.is_some_and(|seq| !committed.covers(&me, seq));
+            if !own.released || refused {
+                self.poisoned = true;
+            }
+        }
         self.verdicts.insert((lock.to_vec(), token), committed);
         let waiting: Vec<WriterId> = self.held.keys().copied().collect();
         let mut applied = 0;
@@ -369,6 +501,26 @@ impl WorkerCore {
             applied += self.drain_buffer(writer, validity);
         }
         applied
+    }
+
+    /// Compares a sync report's heads with the chains verified here: missing tails become
+    /// [`Self::take_wanted`] ranges, a different hash at a reported seq is fork evidence.
+    fn on_report(&mut self, heads: &[psl_capsule::Head]) {
+        let me = self.writer.writer_id();
+        for head in heads.iter().filter(|h| h.writer != me) {
+            match self.verifier.check_heads(std::slice::from_ref(head)) {
+                Ok(()) => {}
+                Err(VerifyError::Truncated { writer, have, .. }) => {
+                    let from = have.map_or(0, |h| h.saturating_add(1));
+                    if self.wanted.len() < REORDER_WRITERS_MAX {
+                        self.wanted
+                            .push((writer, from..head.seq.saturating_add(1)));
+                    }
+                }
+                Err(VerifyError::HeadMismatch { .. }) => self.forks += 1,
+                Err(_) => {}
+            }
+        }
     }
 
     /// Fenced records refused because a verdict did not cover them (late writes).
