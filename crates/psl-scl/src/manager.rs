@@ -18,13 +18,13 @@
 use std::collections::BTreeMap;
 
 use psl_capsule::{
-    CapsuleMetadata, CapsuleWriter, DataKey, Head, RecordHash, RecordKind, SealedRecord, WriterCertificate,
-    WriterId, WriterKeyPair,
+    CapsuleMetadata, CapsuleWriter, DataKey, Head, RecordHash, RecordKind, SealedRecord,
+    WriterCertificate, WriterId, WriterKeyPair,
 };
 
 use crate::lock::{
-    Event, FencingToken, Grant, HolderId, LockConfig, LockError, LockMode, LockName,
-    LockService, Reply, Watermark,
+    Event, FencingToken, Grant, HolderId, LockConfig, LockError, LockMode, LockName, LockService,
+    Reply, Watermark,
 };
 
 /// Format version of verdict and sync-report bodies.
@@ -297,7 +297,10 @@ impl Manager {
             .map_err(|e| ManagerError::Seal(e.to_string()))
     }
 
-    fn seal_verdicts(&mut self, verdicts: &[LockVerdict]) -> Result<Vec<SealedRecord>, ManagerError> {
+    fn seal_verdicts(
+        &mut self,
+        verdicts: &[LockVerdict],
+    ) -> Result<Vec<SealedRecord>, ManagerError> {
         let mut records = Vec::new();
         for chunk in verdicts.chunks(VERDICTS_PER_RECORD_MAX) {
             let body = encode_verdicts(chunk)?;
@@ -426,7 +429,11 @@ impl Manager {
     }
 
     /// Drops a holder known to be dead (its worker incarnation crashed).
-    pub fn forget_holder(&mut self, now_ms: u64, holder: HolderId) -> Result<Effects, ManagerError> {
+    pub fn forget_holder(
+        &mut self,
+        now_ms: u64,
+        holder: HolderId,
+    ) -> Result<Effects, ManagerError> {
         let events = self.locks.forget_holder(now_ms, holder);
         self.events(events)
     }

@@ -372,10 +372,15 @@ impl WorkerCore {
                 if self.manager != Some(writer) {
                     // Only the manager speaks for the lock service. The chain moves on.
                     self.replica.note_applied(writer, seq);
-                    return Err(format!("{:?} record from a writer that is not the manager", record.kind()));
+                    return Err(format!(
+                        "{:?} record from a writer that is not the manager",
+                        record.kind()
+                    ));
                 }
                 self.replica.note_applied(writer, seq);
-                let plain = verified.open_body(&self.data_key).map_err(|e| e.to_string())?;
+                let plain = verified
+                    .open_body(&self.data_key)
+                    .map_err(|e| e.to_string())?;
                 if record.kind() == RecordKind::LockRelease {
                     let verdicts = decode_verdicts(&plain).map_err(|e| e.to_string())?;
                     for verdict in verdicts {
@@ -471,7 +476,9 @@ impl WorkerCore {
         if let Some(own) = self.own_grants.remove(&(lock.to_vec(), token)) {
             // Expired while a session here held it (its unsealed writes are applied here and
             // nowhere else), or refused a record sealed here.
-            let refused = own.sealed_max.is_some_and(|seq| !committed.covers(&me, seq));
+            let refused = own
+                .sealed_max
+                .is_some_and(|seq| !committed.covers(&me, seq));
             if !own.released || refused {
                 self.poisoned = true;
             }
@@ -513,8 +520,7 @@ impl WorkerCore {
                 Err(VerifyError::Truncated { writer, have, .. }) => {
                     let from = have.map_or(0, |h| h.saturating_add(1));
                     if self.wanted.len() < REORDER_WRITERS_MAX {
-                        self.wanted
-                            .push((writer, from..head.seq.saturating_add(1)));
+                        self.wanted.push((writer, from..head.seq.saturating_add(1)));
                     }
                 }
                 Err(VerifyError::HeadMismatch { .. }) => self.forks += 1,
