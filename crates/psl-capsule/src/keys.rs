@@ -97,6 +97,12 @@ impl DataKey {
         DataKey(Zeroizing::new(suite::derive_data_key(root_secret, capsule)))
     }
 
+    /// The raw key bytes. Only for delivering the key to an attested enclave (the trust layer
+    /// seals it to the enclave's channel key); never log, store or send them in the clear.
+    pub fn expose_secret(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// Derives the AEAD subkey of one writer incarnation.
     pub fn writer_subkey(&self, capsule: &CapsuleId, writer: &WriterId) -> WriterSubkey {
         WriterSubkey {

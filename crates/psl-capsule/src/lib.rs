@@ -5,7 +5,8 @@
 //! by the writer incarnation that produced it. This crate owns
 //!
 //! * the canonical, versioned, hand-written binary encodings ([`CapsuleMetadata`],
-//!   [`WriterCertificate`], [`SealedRecord`], the [`body`] update-batch codec),
+//!   [`WriterCertificate`], [`RevocationList`], [`SealedRecord`], the [`body`] update-batch
+//!   codec),
 //! * the cipher suite ([`suite`]) and key handling ([`keys`]),
 //! * producing records ([`CapsuleWriter`], [`CryptoPool`]) and checking them ([`CapsuleVerifier`]).
 //!
@@ -45,6 +46,7 @@ pub mod limits;
 pub mod metadata;
 pub mod pool;
 pub mod record;
+pub mod revocation;
 pub mod suite;
 pub mod testkit;
 pub mod verify;
@@ -58,6 +60,7 @@ pub use keys::{DataKey, OwnerKey, WriterKeyPair, WriterSubkey};
 pub use metadata::{CapsuleMetadata, CreationParams};
 pub use pool::{CryptoPool, SealRequest};
 pub use record::{Link, RecordHeader, RecordKind, SealedRecord, SignedHeader};
+pub use revocation::{RevocationError, RevocationList, issue_revocation_list};
 pub use suite::CipherSuite;
 pub use verify::{
     CapsuleVerifier, ForkEvidence, Validity, Verdict, VerifiedRecord, VerifierLimits, VerifyError,

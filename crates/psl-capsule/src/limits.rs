@@ -40,3 +40,6 @@ pub const POOL_BATCH_RECORDS_MAX: usize = 4096;
 
 /// Most worker threads in a [`crate::CryptoPool`].
 pub const POOL_THREADS_MAX: usize = 64;
+
+/// Most writers in one signed revocation list.
+pub const REVOKED_WRITERS_MAX: usize = 65_536;

@@ -71,6 +71,7 @@ const CONTEXT_RECORD_HASH: &str = "PSL DataCapsule v1 record hash";
 /// Signature domain tags (prefixed to the signed message).
 pub(crate) const SIGN_TAG_RECORD: &[u8] = b"PSL DataCapsule v1 record signature\0";
 pub(crate) const SIGN_TAG_CERTIFICATE: &[u8] = b"PSL DataCapsule v1 writer certificate\0";
+pub(crate) const SIGN_TAG_REVOCATION: &[u8] = b"PSL DataCapsule v1 revocation list\0";
 
 // HKDF info strings.
 const HKDF_INFO_WRITER_SUBKEY: &[u8] = b"PSL DataCapsule v1 writer subkey";

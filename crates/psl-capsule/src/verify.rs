@@ -28,6 +28,7 @@ use crate::keys::{DataKey, WriterSubkey};
 use crate::limits::{VERIFIER_HASH_WINDOW_DEFAULT, VERIFIER_WRITERS_MAX_DEFAULT};
 use crate::metadata::CapsuleMetadata;
 use crate::record::{RecordKind, SealedRecord, SignedHeader};
+use crate::revocation::{RevocationError, RevocationList};
 use crate::suite;
 
 /// Which certificate validity time to check against.
@@ -411,6 +412,7 @@ pub struct CapsuleVerifier {
     limits: VerifierLimits,
     writers: HashMap<WriterId, WriterState>,
     revoked: HashSet<WriterId>,
+    revocation_serial: Option<u64>,
 }
 
 impl std::fmt::Debug for CapsuleVerifier {
@@ -440,6 +442,7 @@ impl CapsuleVerifier {
             limits,
             writers: HashMap::new(),
             revoked: HashSet::new(),
+            revocation_serial: None,
         }
     }
 
@@ -451,6 +454,29 @@ impl CapsuleVerifier {
     /// Adds a writer to the revocation list; its records are refused from now on.
     pub fn revoke(&mut self, writer: WriterId) {
         self.revoked.insert(writer);
+    }
+
+    /// Applies an owner-signed revocation list: checks its capsule and signature, refuses a list
+    /// older than one already applied, and adds its writers to the revocation list (lists only
+    /// grow). Records of those writers are refused from now on, even from chains already known.
+    pub fn apply_revocations(&mut self, list: &RevocationList) -> Result<(), RevocationError> {
+        list.check(&self.metadata)?;
+        if let Some(applied) = self.revocation_serial
+            && list.serial < applied
+        {
+            return Err(RevocationError::Stale {
+                serial: list.serial,
+                applied,
+            });
+        }
+        self.revoked.extend(list.writers.iter().copied());
+        self.revocation_serial = Some(list.serial);
+        Ok(())
+    }
+
+    /// Whether `writer` is revoked.
+    pub fn is_revoked(&self, writer: &WriterId) -> bool {
+        self.revoked.contains(writer)
     }
 
     /// Replaces the revocation list.
