@@ -8,7 +8,7 @@
 //! (see `docs/design/scl.md`), sync reports, recovery of a restarted worker, lease renewal
 //! (invocations are bounded by their deadline, well below the lease).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
@@ -16,13 +16,15 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use psl_capsule::{
-    CapsuleMetadata, CreationParams, DataKey, OwnerKey, SealedRecord, Validity, WriterKeyPair,
-    issue_certificate,
+    CapsuleMetadata, CreationParams, DataKey, OwnerKey, SealedRecord, Validity, WriterId,
+    WriterKeyPair, issue_certificate,
 };
 use psl_runtime::{Entries, LockMode, Session, State, StateError};
+use psl_scl::body::Fence;
 use psl_scl::lock::{
-    FencingToken, Grant, HolderId, LockConfig, LockName, LockService, Reply, Watermark,
+    FencingToken, Grant, HolderId, LockConfig, LockError, LockName, Reply, Watermark,
 };
+use psl_scl::manager::{Effects, Manager};
 use psl_scl::replica::ReplicaLimits;
 use psl_scl::worker::{Received, WorkerCore};
 use psl_store::{DirStore, Durability, RecordStore, StoreOptions};
@@ -38,24 +40,49 @@ pub enum ClusterError {
     Store(#[from] psl_store::StoreError),
 }
 
+/// One worker slot: its current incarnation's core and the grants its sessions hold. Sessions
+/// of an older incarnation get `Unavailable`.
+struct Slot {
+    core: WorkerCore,
+    incarnation: u64,
+    /// Grants held by sessions on this worker: the fences of every record it seals, and
+    /// whether a record was sealed under each (then the release needs a verdict).
+    held: BTreeMap<(Vec<u8>, u64), HeldGrant>,
+}
+
+struct HeldGrant {
+    holder: HolderId,
+    sealed_under: bool,
+}
+
 struct Worker {
-    core: Mutex<WorkerCore>,
+    slot: Mutex<Slot>,
     applied: Condvar,
     inbox: Mutex<mpsc::Sender<SealedRecord>>,
 }
 
+/// What the cluster needs to start worker incarnations.
+struct Identity {
+    owner: OwnerKey,
+    metadata: CapsuleMetadata,
+    data_secret: [u8; 32],
+}
+
 struct Inner {
     store: DirStore,
+    identity: Identity,
     workers: Vec<Arc<Worker>>,
-    locks: Mutex<LockService>,
+    manager: Mutex<Manager>,
     granted: Mutex<HashMap<(HolderId, u64), Grant>>,
     grant_changed: Condvar,
     started: Instant,
     next_session: AtomicU64,
     next_worker: AtomicUsize,
+    restarts: AtomicU64,
+    lease_ms: u64,
 }
 
-/// N workers, one capsule, one lock service, in this process.
+/// N workers, one capsule, one manager (lock service, verdicts, sync reports), in this process.
 #[derive(Clone)]
 pub struct SclCluster(Arc<Inner>);
 
@@ -72,9 +99,55 @@ fn now_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Lease of a lock grant; sessions renew it while they run (invocations are far shorter).
+pub const LEASE_MS: u64 = 10_000;
+/// How often the manager expires leases.
+const TICK: Duration = Duration::from_millis(20);
+/// How often the manager publishes a sync report of every writer's head.
+const REPORT_EVERY: Duration = Duration::from_millis(500);
+
+impl Identity {
+    fn certify(&self, keys: &WriterKeyPair) -> psl_capsule::WriterCertificate {
+        let not_before = now_s().saturating_sub(60);
+        issue_certificate(
+            &self.owner,
+            &self.metadata,
+            keys.public_key(),
+            [0; 32],
+            not_before,
+            not_before + 365 * 86_400,
+        )
+    }
+
+    /// Starts a new worker incarnation (fresh key pair, hence a fresh writer id and chain).
+    fn start_core(&self, manager: WriterId) -> Result<(WorkerCore, SealedRecord), ClusterError> {
+        let keys = WriterKeyPair::from_seed(&random_seed()?);
+        let certificate = self.certify(&keys);
+        let (mut core, genesis) = WorkerCore::start(
+            &self.metadata,
+            DataKey::from_bytes(self.data_secret),
+            keys,
+            &certificate,
+            ReplicaLimits::default(),
+        )
+        .map_err(|e| ClusterError::Setup(e.to_string()))?;
+        core.set_manager(manager);
+        Ok((core, genesis))
+    }
+}
+
 impl SclCluster {
     /// Creates a fresh capsule in `dir` (which must not hold one) and starts `n_workers`.
     pub fn start(dir: &Path, n_workers: usize) -> Result<Self, ClusterError> {
+        Self::start_with_lease(dir, n_workers, LEASE_MS)
+    }
+
+    /// [`Self::start`] with another lock lease (tests of expiry use short ones).
+    pub fn start_with_lease(
+        dir: &Path,
+        n_workers: usize,
+        lease_ms: u64,
+    ) -> Result<Self, ClusterError> {
         let owner = OwnerKey::from_seed(&random_seed()?);
         let mut salt = [0u8; 16];
         salt.copy_from_slice(&random_seed()?[..16]);
@@ -86,63 +159,73 @@ impl SclCluster {
         };
         let metadata = CapsuleMetadata::new(owner.public_key(), "psl-dev", params)
             .map_err(|e| ClusterError::Setup(e.to_string()))?;
-        let data_secret = random_seed()?;
-        let store = DirStore::create(dir, &metadata, StoreOptions::default())?;
+        let identity = Identity {
+            owner,
+            metadata,
+            data_secret: random_seed()?,
+        };
+        let store = DirStore::create(dir, &identity.metadata, StoreOptions::default())?;
+        let manager_keys = WriterKeyPair::from_seed(&random_seed()?);
+        let manager_cert = identity.certify(&manager_keys);
+        let lock_config = LockConfig {
+            lease_ms,
+            ..LockConfig::default()
+        };
+        let (manager, manager_genesis) = Manager::start(
+            &identity.metadata,
+            &DataKey::from_bytes(identity.data_secret),
+            manager_keys,
+            &manager_cert,
+            lock_config,
+        )
+        .map_err(|e| ClusterError::Setup(e.to_string()))?;
+        store.append(std::slice::from_ref(&manager_genesis), Durability::Always)?;
         let mut workers = Vec::new();
         let mut receivers = Vec::new();
-        let mut genesis_records = Vec::new();
+        let mut genesis_records = vec![manager_genesis];
         for _ in 0..n_workers.max(1) {
-            let keys = WriterKeyPair::from_seed(&random_seed()?);
-            let not_before = now_s().saturating_sub(60);
-            let certificate = issue_certificate(
-                &owner,
-                &metadata,
-                keys.public_key(),
-                [0; 32],
-                not_before,
-                not_before + 365 * 86_400,
-            );
-            let (core, genesis) = WorkerCore::start(
-                &metadata,
-                DataKey::from_bytes(data_secret),
-                keys,
-                &certificate,
-                ReplicaLimits::default(),
-            )
-            .map_err(|e| ClusterError::Setup(e.to_string()))?;
+            let (core, genesis) = identity.start_core(manager.writer_id())?;
             store.append(std::slice::from_ref(&genesis), Durability::Always)?;
             genesis_records.push(genesis);
             let (tx, rx) = mpsc::channel();
             receivers.push(rx);
             workers.push(Arc::new(Worker {
-                core: Mutex::new(core),
+                slot: Mutex::new(Slot {
+                    core,
+                    incarnation: 1,
+                    held: BTreeMap::new(),
+                }),
                 applied: Condvar::new(),
                 inbox: Mutex::new(tx),
             }));
         }
-        let lock_config = LockConfig {
-            lease_ms: 60_000,
-            ..LockConfig::default()
-        };
         let cluster = SclCluster(Arc::new(Inner {
             store,
+            identity,
             workers,
-            locks: Mutex::new(LockService::new(lock_config)),
+            manager: Mutex::new(manager),
             granted: Mutex::new(HashMap::new()),
             grant_changed: Condvar::new(),
             started: Instant::now(),
             next_session: AtomicU64::new(1),
             next_worker: AtomicUsize::new(0),
+            restarts: AtomicU64::new(0),
+            lease_ms: lease_ms.max(1),
         }));
         for (index, rx) in receivers.into_iter().enumerate() {
-            let inner = Arc::clone(&cluster.0);
+            let inner = Arc::downgrade(&cluster.0);
             std::thread::Builder::new()
                 .name(format!("psl-scl-rx-{index}"))
                 .spawn(move || receive_loop(&inner, index, &rx))
                 .map_err(|e| ClusterError::Setup(e.to_string()))?;
         }
+        let inner = Arc::downgrade(&cluster.0);
+        std::thread::Builder::new()
+            .name("psl-scl-manager".into())
+            .spawn(move || manager_loop(&inner))
+            .map_err(|e| ClusterError::Setup(e.to_string()))?;
         for genesis in genesis_records {
-            cluster.broadcast(&genesis);
+            cluster.0.broadcast(&genesis);
         }
         Ok(cluster)
     }
@@ -165,70 +248,274 @@ impl SclCluster {
         self.0
             .workers
             .iter()
-            .map(|w| w.core.lock().replica().digest())
+            .map(|w| w.slot.lock().core.replica().digest())
             .collect()
+    }
+
+    /// Worker incarnations ended so far (kills, and workers that found their own late writes
+    /// refused).
+    pub fn restarts(&self) -> u64 {
+        self.0.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Fenced records refused by each worker's replica (late writes of expired holders).
+    pub fn fenced_refused(&self) -> Vec<u64> {
+        self.0
+            .workers
+            .iter()
+            .map(|w| w.slot.lock().core.fenced_refused())
+            .collect()
+    }
+
+    /// Kills worker `index` and starts a new incarnation of it from the record store, as after
+    /// a crash: unflushed writes of the old incarnation are lost, its sessions get
+    /// `Unavailable`, the locks they held are given up (their writes after the last
+    /// acknowledged flush are refused everywhere), and the new incarnation replays the store.
+    pub fn restart_worker(&self, index: usize) -> Result<(), ClusterError> {
+        self.0.restart_worker(index % self.0.workers.len())
     }
 
     /// Seals every worker's pending updates and waits until every replica applied every
     /// record (convergence barrier, for tests and orderly shutdown).
     pub fn settle(&self, wait: Duration) -> bool {
         for index in 0..self.0.workers.len() {
-            let _ = self.flush_worker(index);
+            let _ = self.0.flush_worker(index, None, None);
         }
         let deadline = Instant::now() + wait;
         let Ok(heads) = self.0.store.heads() else {
             return false;
         };
         for worker in &self.0.workers {
-            let mut core = worker.core.lock();
+            let mut slot = worker.slot.lock();
             while !heads.iter().all(|h| {
-                h.writer == core.replica().writer() || core.replica().applied(&h.writer) >= h.seq
+                let replica = slot.core.replica();
+                h.writer == replica.writer() || replica.applied(&h.writer) >= h.seq
             }) {
-                if worker.applied.wait_until(&mut core, deadline).timed_out() {
+                if worker.applied.wait_until(&mut slot, deadline).timed_out() {
                     return false;
                 }
             }
         }
         true
     }
+}
 
+impl Inner {
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn broadcast(&self, record: &SealedRecord) {
-        for worker in &self.0.workers {
+        for worker in &self.workers {
             let _ = worker.inbox.lock().send(record.clone());
         }
     }
 
-    /// Seals all of the worker's pending updates, appends the records durably (one fsync),
-    /// then multicasts them. Returns the worker's sealed head seq.
-    fn flush_worker(&self, index: usize) -> Result<u64, StateError> {
-        let worker = &self.0.workers[index];
-        let (records, head) = {
-            let mut core = worker.core.lock();
+    /// Runs `call` on the manager and carries out the shell's half of the manager contract:
+    /// its records are appended (in chain order, so under the manager lock) and multicast
+    /// before any grant reaches a holder.
+    fn with_manager<T>(
+        &self,
+        call: impl FnOnce(&mut Manager, u64) -> Result<(T, Effects), StateError>,
+    ) -> Result<T, StateError> {
+        let (value, effects) = {
+            let mut manager = self.manager.lock();
+            let (value, effects) = call(&mut manager, self.now_ms())?;
+            for chunk in append_chunks(&effects.records) {
+                self.store
+                    .append(chunk, Durability::Always)
+                    .map_err(|e| StateError::Unavailable(format!("record store: {e}")))?;
+            }
+            (value, effects)
+        };
+        for record in &effects.records {
+            self.broadcast(record);
+        }
+        self.publish_grants(effects.grants);
+        Ok(value)
+    }
+
+    fn publish_grants(&self, grants: Vec<Grant>) {
+        if grants.is_empty() {
+            return;
+        }
+        let mut granted = self.granted.lock();
+        for grant in grants {
+            granted.insert((grant.holder, grant.request_id), grant);
+        }
+        drop(granted);
+        self.grant_changed.notify_all();
+    }
+
+    /// Seals all of the worker's pending updates under the grants its sessions hold, appends
+    /// the records durably (one fsync per 8 MiB), then multicasts them. If `release` names a
+    /// held grant, it leaves the fence set in the same critical section (so nothing sealed later
+    /// carries it). Returns the worker's head seq, its writer id, whether anything was ever
+    /// sealed under the released grant, and the grants still held.
+    fn flush_worker(
+        &self,
+        index: usize,
+        incarnation: Option<u64>,
+        release: Option<(&[u8], u64)>,
+    ) -> Result<Flushed, StateError> {
+        let worker = &self.workers[index];
+        let (records, flushed) = {
+            let mut slot = worker.slot.lock();
+            if incarnation.is_some_and(|i| i != slot.incarnation) {
+                return Err(restarted());
+            }
+            let fences: Vec<Fence> = slot
+                .held
+                .keys()
+                .map(|(lock, token)| Fence {
+                    lock: lock.clone(),
+                    token: *token,
+                })
+                .collect();
             let mut records = Vec::new();
-            while let Some(record) = core
-                .seal(&[])
+            while let Some(record) = slot
+                .core
+                .seal(&fences)
                 .map_err(|e| StateError::Unavailable(e.to_string()))?
             {
                 records.push(record);
             }
-            let head = core.replica().applied(&core.replica().writer());
-            // Append under the core lock so this worker's records reach the store in order.
+            if !records.is_empty() {
+                for held in slot.held.values_mut() {
+                    held.sealed_under = true;
+                }
+            }
+            let writer = slot.core.replica().writer();
+            let head = slot.core.replica().applied(&writer);
+            // Append under the slot lock so this worker's records reach the store in order.
             for chunk in append_chunks(&records) {
-                self.0
-                    .store
+                self.store
                     .append(chunk, Durability::Always)
                     .map_err(|e| StateError::Unavailable(format!("record store: {e}")))?;
             }
-            (records, head)
+            let mut released_fenced = false;
+            if let Some((lock, token)) = release
+                && let Some(held) = slot.held.remove(&(lock.to_vec(), token))
+            {
+                released_fenced = held.sealed_under;
+                slot.core.note_release(lock, token);
+            }
+            let still_held = slot
+                .held
+                .iter()
+                .map(|((lock, token), held)| (lock.clone(), *token, held.holder))
+                .collect();
+            (
+                records,
+                Flushed {
+                    head,
+                    writer,
+                    released_fenced,
+                    still_held,
+                },
+            )
         };
         for record in &records {
             self.broadcast(record);
         }
-        Ok(head)
+        Ok(flushed)
+    }
+
+    fn restart_worker(&self, index: usize) -> Result<(), ClusterError> {
+        let worker = &self.workers[index];
+        let manager_id = self.manager.lock().writer_id();
+        let (core, genesis) = self.identity.start_core(manager_id)?;
+        self.store
+            .append(std::slice::from_ref(&genesis), Durability::Always)?;
+        let old_holders: Vec<HolderId> = {
+            let mut slot = worker.slot.lock();
+            let holders = slot.held.values().map(|h| h.holder).collect();
+            slot.core = core;
+            slot.incarnation += 1;
+            slot.held.clear();
+            // Recovery: the new incarnation replays every chain in the store.
+            let heads = self.store.heads()?;
+            for head in heads {
+                let mut next = 0;
+                while next <= head.seq {
+                    let records = self.store.read_range(head.writer, next..head.seq + 1)?;
+                    let Some(last) = records.last() else { break };
+                    next = last.seq() + 1;
+                    for record in records {
+                        let _ = slot.core.receive(record, Validity::At(now_s()));
+                    }
+                }
+            }
+            holders
+        };
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+        worker.applied.notify_all();
+        self.broadcast(&genesis);
+        // The old incarnation's grants: its writes after the last acknowledged flush are
+        // refused by the verdicts.
+        for holder in old_holders {
+            let forgotten = self.with_manager(|manager, now| {
+                let effects = manager
+                    .forget_holder(now, holder)
+                    .map_err(|e| StateError::Unavailable(e.to_string()))?;
+                Ok(((), effects))
+            });
+            if let Err(e) = forgotten {
+                tracing::warn!(%e, "manager could not forget a dead holder");
+            }
+        }
+        tracing::info!(worker = index, "worker restarted from the record store");
+        Ok(())
+    }
+}
+
+struct Flushed {
+    head: u64,
+    writer: WriterId,
+    released_fenced: bool,
+    still_held: Vec<(Vec<u8>, u64, HolderId)>,
+}
+
+fn restarted() -> StateError {
+    StateError::Unavailable("the worker restarted; retry the invocation".into())
+}
+
+fn manager_loop(inner: &std::sync::Weak<Inner>) {
+    let mut last_report = Instant::now();
+    loop {
+        std::thread::sleep(TICK);
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let ticked = inner.with_manager(|manager, now| {
+            let effects = manager
+                .tick(now)
+                .map_err(|e| StateError::Unavailable(e.to_string()))?;
+            Ok(((), effects))
+        });
+        if let Err(e) = ticked {
+            tracing::warn!(%e, "expiring leases failed");
+        }
+        if last_report.elapsed() >= REPORT_EVERY {
+            last_report = Instant::now();
+            if let Ok(heads) = inner.store.heads() {
+                let reported = inner.with_manager(|manager, _| {
+                    let record = manager
+                        .sync_report(&heads)
+                        .map_err(|e| StateError::Unavailable(e.to_string()))?;
+                    Ok((
+                        (),
+                        Effects {
+                            records: vec![record],
+                            ..Effects::default()
+                        },
+                    ))
+                });
+                if let Err(e) = reported {
+                    tracing::warn!(%e, "publishing a sync report failed");
+                }
+            }
+        }
     }
 }
 
@@ -255,32 +542,47 @@ fn append_chunks(records: &[SealedRecord]) -> Vec<&[SealedRecord]> {
     chunks
 }
 
-fn receive_loop(inner: &Arc<Inner>, index: usize, rx: &mpsc::Receiver<SealedRecord>) {
-    let worker = &inner.workers[index];
+fn receive_loop(inner: &std::sync::Weak<Inner>, index: usize, rx: &mpsc::Receiver<SealedRecord>) {
     while let Ok(record) = rx.recv() {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let worker = &inner.workers[index];
         let mut queue = vec![record];
-        let mut core = worker.core.lock();
+        let mut slot = worker.slot.lock();
         while let Some(record) = queue.pop() {
-            match core.receive(record, Validity::At(now_s())) {
+            let received = slot.core.receive(record, Validity::At(now_s()));
+            let mut wanted = slot.core.take_wanted();
+            match received {
                 Received::Gap {
-                    writer,
-                    missing,
-                    buffered,
-                } => {
-                    // Repair from storage: every multicast record was durable first.
-                    if let Ok(records) = inner.store.read_range(writer, missing) {
-                        queue.extend(records.into_iter().rev());
-                    }
-                    let _ = buffered;
-                }
+                    writer, missing, ..
+                } => wanted.push((writer, missing)),
                 Received::Rejected(reason) => {
                     tracing::warn!(worker = index, %reason, "record refused")
                 }
                 _ => {}
             }
+            // Repair from storage: every multicast record was durable first.
+            for (writer, missing) in wanted {
+                if let Ok(records) = inner.store.read_range(writer, missing) {
+                    queue.extend(records.into_iter().rev());
+                }
+            }
         }
-        drop(core);
+        let poisoned = slot.core.poisoned();
+        drop(slot);
         worker.applied.notify_all();
+        if poisoned {
+            // A verdict refused this incarnation's own writes (it wrote under a lease that had
+            // ended): its replica shows writes nobody else applies, so it starts over.
+            tracing::warn!(
+                worker = index,
+                "own late writes were fenced; restarting the worker"
+            );
+            if let Err(e) = inner.restart_worker(index) {
+                tracing::error!(worker = index, %e, "worker restart failed");
+            }
+        }
     }
 }
 
@@ -307,11 +609,10 @@ impl State for RoundRobin {
 impl State for WorkerState {
     fn session(&self) -> Box<dyn Session> {
         let number = self.cluster.0.next_session.fetch_add(1, Ordering::Relaxed);
-        let writer = self.cluster.0.workers[self.index]
-            .core
-            .lock()
-            .replica()
-            .writer();
+        let (writer, incarnation) = {
+            let slot = self.cluster.0.workers[self.index].slot.lock();
+            (slot.core.replica().writer(), slot.incarnation)
+        };
         let mut hasher = blake3::Hasher::new();
         hasher.update(&writer.0);
         hasher.update(&number.to_le_bytes());
@@ -320,6 +621,7 @@ impl State for WorkerState {
         Box::new(SclSession {
             cluster: self.cluster.clone(),
             index: self.index,
+            incarnation,
             holder: HolderId(holder),
             held: Vec::new(),
             next_request: 1,
@@ -327,11 +629,18 @@ impl State for WorkerState {
     }
 }
 
+struct HeldLock {
+    name: LockName,
+    token: FencingToken,
+    lease_until_ms: u64,
+}
+
 struct SclSession {
     cluster: SclCluster,
     index: usize,
+    incarnation: u64,
     holder: HolderId,
-    held: Vec<(LockName, FencingToken)>,
+    held: Vec<HeldLock>,
     next_request: u64,
 }
 
@@ -339,22 +648,63 @@ fn lock_error(name: &[u8], e: impl std::fmt::Display) -> StateError {
     StateError::Unavailable(format!("lock {}: {e}", String::from_utf8_lossy(name)))
 }
 
+fn fenced_or(name: &[u8], e: LockError) -> StateError {
+    match e {
+        LockError::Fenced { .. } | LockError::LeaseExpired { .. } | LockError::NotHeld => {
+            StateError::Fenced
+        }
+        other => lock_error(name, other),
+    }
+}
+
 impl SclSession {
     fn worker(&self) -> &Arc<Worker> {
         &self.cluster.0.workers[self.index]
+    }
+
+    fn inner(&self) -> &Inner {
+        &self.cluster.0
+    }
+
+    /// The worker's slot, if it is still the incarnation this session started on.
+    fn slot(&self) -> Result<parking_lot::MutexGuard<'_, Slot>, StateError> {
+        let slot = self.worker().slot.lock();
+        if slot.incarnation == self.incarnation {
+            Ok(slot)
+        } else {
+            Err(restarted())
+        }
     }
 
     fn local_error(e: psl_scl::replica::ReplicaError) -> StateError {
         StateError::Limit(e.to_string())
     }
 
+    /// Renews the leases past half their length (a running invocation keeps its locks; a
+    /// stalled one loses them).
+    fn renew(&mut self) -> Result<(), StateError> {
+        let now = self.inner().now_ms();
+        for held in &mut self.held {
+            if held.lease_until_ms.saturating_sub(now) < self.cluster.0.lease_ms / 2 {
+                let renewed =
+                    self.cluster
+                        .0
+                        .manager
+                        .lock()
+                        .renew(now, self.holder, &held.name, held.token);
+                held.lease_until_ms = renewed.map_err(|e| fenced_or(held.name.as_bytes(), e))?;
+            }
+        }
+        Ok(())
+    }
+
     fn wait_grant(
         &self,
         request_id: u64,
-        name: &[u8],
+        name: &LockName,
         deadline: Instant,
     ) -> Result<Grant, StateError> {
-        let inner = &self.cluster.0;
+        let inner = self.inner();
         let mut granted = inner.granted.lock();
         loop {
             if let Some(grant) = granted.remove(&(self.holder, request_id)) {
@@ -369,82 +719,73 @@ impl SclSession {
                     return Ok(grant);
                 }
                 drop(granted);
-                let lock = LockName::new(name.to_vec()).map_err(|e| lock_error(name, e))?;
-                let promoted = inner.locks.lock().cancel(
-                    self.cluster.now_ms(),
-                    self.holder,
-                    &lock,
-                    request_id,
-                );
-                self.publish_grants(promoted);
-                // A grant may have raced the timeout: then release it at once.
+                let holder = self.holder;
+                inner.with_manager(|manager, now| {
+                    Ok(((), manager.cancel(now, holder, name, request_id)))
+                })?;
+                // A grant may have raced the cancel: then give it back at once (no writes).
                 let raced = inner.granted.lock().remove(&(self.holder, request_id));
                 if let Some(grant) = raced {
-                    let grants = inner.locks.lock().release(
-                        self.cluster.now_ms(),
-                        self.holder,
-                        &grant.name,
-                        grant.token,
-                        &Watermark::new(),
-                    );
-                    self.publish_grants(grants.unwrap_or_default());
+                    inner.with_manager(|manager, now| {
+                        let effects = manager
+                            .release(
+                                now,
+                                holder,
+                                &grant.name,
+                                grant.token,
+                                &Watermark::new(),
+                                false,
+                            )
+                            .map_err(|e| lock_error(name.as_bytes(), e))?;
+                        Ok(((), effects))
+                    })?;
                 }
                 return Err(StateError::LockTimeout(
-                    String::from_utf8_lossy(name).into_owned(),
+                    String::from_utf8_lossy(name.as_bytes()).into_owned(),
                 ));
             }
         }
     }
 
-    fn publish_grants(&self, grants: Vec<Grant>) {
-        if grants.is_empty() {
-            return;
-        }
-        let inner = &self.cluster.0;
-        let mut granted = inner.granted.lock();
-        for grant in grants {
-            granted.insert((grant.holder, grant.request_id), grant);
-        }
-        drop(granted);
-        inner.grant_changed.notify_all();
-    }
-
     fn release(&mut self, position: usize) -> Result<(), StateError> {
-        let head = self.cluster.flush_worker(self.index)?;
-        let (name, token) = self.held.swap_remove(position);
-        let writer = self.worker().core.lock().replica().writer();
+        let held = self.held.swap_remove(position);
+        let flushed = self.inner().flush_worker(
+            self.index,
+            Some(self.incarnation),
+            Some((held.name.as_bytes(), held.token.0)),
+        )?;
         let mut watermark = Watermark::new();
-        watermark.observe(writer, head);
-        let grants = self
-            .cluster
-            .0
-            .locks
-            .lock()
-            .release(self.cluster.now_ms(), self.holder, &name, token, &watermark)
-            .map_err(|e| match e {
-                psl_scl::lock::LockError::Fenced { .. } => StateError::Fenced,
-                other => lock_error(name.as_bytes(), other),
-            })?;
-        self.publish_grants(grants);
-        Ok(())
+        watermark.observe(flushed.writer, flushed.head);
+        let holder = self.holder;
+        self.inner().with_manager(|manager, now| {
+            let effects = manager
+                .release(
+                    now,
+                    holder,
+                    &held.name,
+                    held.token,
+                    &watermark,
+                    flushed.released_fenced,
+                )
+                .map_err(|e| match e {
+                    psl_scl::manager::ManagerError::Lock(e) => fenced_or(held.name.as_bytes(), e),
+                    other => lock_error(held.name.as_bytes(), other),
+                })?;
+            Ok(((), effects))
+        })
     }
 }
 
 impl Session for SclSession {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        Ok(self
-            .worker()
-            .core
-            .lock()
-            .replica()
-            .get(key)
-            .map(<[u8]>::to_vec))
+        self.renew()?;
+        Ok(self.slot()?.core.replica().get(key).map(<[u8]>::to_vec))
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
-        self.worker()
+        self.renew()?;
+        self.slot()?
             .core
-            .lock()
             .replica_mut()
             .put(key, value)
             .map(drop)
@@ -452,56 +793,100 @@ impl Session for SclSession {
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<bool, StateError> {
-        self.worker()
+        self.renew()?;
+        self.slot()?
             .core
-            .lock()
             .replica_mut()
             .delete(key)
             .map_err(Self::local_error)
     }
 
     fn scan_prefix(&mut self, prefix: &[u8], limit: usize) -> Result<Entries, StateError> {
-        Ok(self
-            .worker()
-            .core
-            .lock()
-            .replica()
-            .scan_prefix(prefix, limit))
+        self.renew()?;
+        Ok(self.slot()?.core.replica().scan_prefix(prefix, limit))
     }
 
     fn lock(&mut self, name: &[u8], mode: LockMode, wait: Duration) -> Result<(), StateError> {
         let deadline = Instant::now() + wait;
         let lock = LockName::new(name.to_vec()).map_err(|e| lock_error(name, e))?;
-        if self.held.iter().any(|(held, _)| held == &lock) {
+        if self.held.iter().any(|held| held.name == lock) {
             return Err(StateError::AlreadyHeld(
                 String::from_utf8_lossy(name).into_owned(),
             ));
         }
+        self.renew()?;
+        drop(self.slot()?);
         let request_id = self.next_request;
         self.next_request += 1;
         let mode = match mode {
             LockMode::Read => psl_scl::lock::LockMode::Read,
             LockMode::Write => psl_scl::lock::LockMode::Write,
         };
+        let holder = self.holder;
         let reply = self
-            .cluster
-            .0
-            .locks
+            .inner()
+            .manager
             .lock()
-            .acquire(self.cluster.now_ms(), self.holder, request_id, lock, mode)
+            .acquire(
+                self.inner().now_ms(),
+                holder,
+                request_id,
+                lock.clone(),
+                mode,
+            )
             .map_err(|e| StateError::Limit(e.to_string()))?;
         let grant = match reply {
             Reply::Granted(grant) => grant,
-            Reply::Queued { .. } => self.wait_grant(request_id, name, deadline)?,
+            Reply::Queued { .. } => self.wait_grant(request_id, &lock, deadline)?,
         };
-        self.held.push((grant.name.clone(), grant.token));
-        // Release consistency: do not return before everything released under this lock is
-        // applied here.
-        let worker = self.worker();
-        let mut core = worker.core.lock();
-        while !core.replica().caught_up(grant.watermark.iter()) {
-            if worker.applied.wait_until(&mut core, deadline).timed_out() {
-                drop(core);
+        // From here on, this worker seals its records under the grant's fence.
+        {
+            let mut slot = match self.slot() {
+                Ok(slot) => slot,
+                Err(e) => {
+                    let _ = self.inner().with_manager(|manager, now| {
+                        let effects = manager
+                            .release(
+                                now,
+                                holder,
+                                &grant.name,
+                                grant.token,
+                                &Watermark::new(),
+                                false,
+                            )
+                            .map_err(|e| lock_error(name, e))?;
+                        Ok(((), effects))
+                    });
+                    return Err(e);
+                }
+            };
+            slot.held.insert(
+                (grant.name.as_bytes().to_vec(), grant.token.0),
+                HeldGrant {
+                    holder,
+                    sealed_under: false,
+                },
+            );
+            slot.core.note_grant(grant.name.as_bytes(), grant.token.0);
+        }
+        self.held.push(HeldLock {
+            name: grant.name.clone(),
+            token: grant.token,
+            lease_until_ms: grant.lease_until_ms,
+        });
+        // Release consistency: do not return before everything released under this lock
+        // (and every verdict issued so far) is applied here.
+        let worker = Arc::clone(self.worker());
+        let mut slot = worker.slot.lock();
+        loop {
+            if slot.incarnation != self.incarnation {
+                return Err(restarted());
+            }
+            if slot.core.replica().caught_up(grant.watermark.iter()) {
+                return Ok(());
+            }
+            if worker.applied.wait_until(&mut slot, deadline).timed_out() {
+                drop(slot);
                 let position = self.held.len() - 1;
                 let _ = self.release(position);
                 return Err(StateError::LockTimeout(
@@ -509,28 +894,51 @@ impl Session for SclSession {
                 ));
             }
         }
-        Ok(())
     }
 
     fn unlock(&mut self, name: &[u8]) -> Result<(), StateError> {
         let position = self
             .held
             .iter()
-            .position(|(held, _)| held.as_bytes() == name)
+            .position(|held| held.name.as_bytes() == name)
             .ok_or_else(|| StateError::NotHeld(String::from_utf8_lossy(name).into_owned()))?;
         self.release(position)
     }
 
     fn flush(&mut self) -> Result<(), StateError> {
-        self.cluster.flush_worker(self.index).map(drop)
+        self.renew()?;
+        let flushed = self
+            .inner()
+            .flush_worker(self.index, Some(self.incarnation), None)?;
+        // Records sealed under held grants commit even if those grants expire later, once the
+        // lock service acknowledged them; a refused acknowledgement means they will not.
+        let mut watermark = Watermark::new();
+        watermark.observe(flushed.writer, flushed.head);
+        let now = self.inner().now_ms();
+        for (lock, token, holder) in flushed.still_held {
+            let name = LockName::new(lock).map_err(|e| lock_error(b"", e))?;
+            let acknowledged = self.inner().manager.lock().acknowledge_flush(
+                now,
+                holder,
+                &name,
+                FencingToken(token),
+                &watermark,
+            );
+            acknowledged.map_err(|e| fenced_or(name.as_bytes(), e))?;
+        }
+        Ok(())
     }
 
     fn finish(&mut self) -> Result<(), StateError> {
-        self.flush()?;
+        let flushed = self.flush();
+        let mut released = Ok(());
         while !self.held.is_empty() {
-            self.release(self.held.len() - 1)?;
+            let result = self.release(self.held.len() - 1);
+            if released.is_ok() {
+                released = result;
+            }
         }
-        Ok(())
+        flushed.and(released)
     }
 }
 
