@@ -1,0 +1,1 @@
+//! Cluster-mode storage and transport over NATS (work in progress).
