@@ -170,6 +170,10 @@ struct Inner {
     /// Our acknowledged publishes above `cursor` (not fetched again by catch-up).
     acked_ahead: BTreeSet<u64>,
     skipped: u64,
+    /// Publishes retried after a transient failure.
+    retries: u64,
+    /// "Wrong last sequence" answers.
+    conflicts: u64,
 }
 
 /// Everything the async side needs, cheap to clone into a task.
@@ -509,6 +513,8 @@ impl JetStreamStore {
                 cursor: 0,
                 acked_ahead: BTreeSet::new(),
                 skipped: 0,
+                retries: 0,
+                conflicts: 0,
             }),
         };
         let report = {
@@ -558,6 +564,13 @@ impl JetStreamStore {
     /// Messages of the stream skipped because they did not verify.
     pub fn skipped_messages(&self) -> u64 {
         self.inner.lock().skipped
+    }
+
+    /// Publishes retried after a transient failure (timeout, no leader, connection loss) and
+    /// "wrong last sequence" answers, since open.
+    pub fn retry_counts(&self) -> (u64, u64) {
+        let inner = self.inner.lock();
+        (inner.retries, inner.conflicts)
     }
 
     /// Brings the index up to date with the stream now.
@@ -1019,6 +1032,7 @@ impl JetStreamStore {
                         queue.pop_front();
                     }
                     Published::Conflict => {
+                        inner.conflicts = inner.conflicts.saturating_add(1);
                         pending.conflicts = pending.conflicts.saturating_add(1);
                         if let Some(Ok(last)) = last {
                             let index = inner.writers.entry(writer).or_default();
@@ -1064,6 +1078,7 @@ impl JetStreamStore {
                             queue.clear();
                         } else {
                             tracing::debug!(%detail, "publish failed; retrying");
+                            inner.retries = inner.retries.saturating_add(1);
                             transient = true;
                         }
                     }
@@ -1086,6 +1101,8 @@ impl JetStreamStore {
 }
 
 fn context(conn: &NatsConnection) -> jetstream::Context {
+    // Building a context spawns its acknowledgement task: do it on the connection's runtime.
+    let _runtime = conn.handle().enter();
     jetstream::context::ContextBuilder::new()
         .timeout(conn.options().request_timeout)
         .build(conn.client().clone())
