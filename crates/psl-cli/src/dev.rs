@@ -37,6 +37,10 @@ pub struct DevArgs {
     /// temporary directory removed at exit).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Where to write the generated trust policy (for `psl attest --policy`; default: in the
+    /// temporary directory).
+    #[arg(long)]
+    policy_out: Option<PathBuf>,
 }
 
 const EXAMPLES: [&str; 3] = ["hello", "counter", "bank"];
@@ -173,20 +177,48 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| temp.path().join("capsule"));
     let workers = args.workers.clamp(1, 64);
-    let cluster = SclCluster::start(&capsule_dir, workers)
-        .with_context(|| format!("creating the DataCapsule in {}", capsule_dir.display()))?;
-    let platform = Arc::new(Platform::new(
-        config,
-        Arc::new(RoundRobin(cluster.clone())),
-    )?);
+    let trust = psl_node::trust::SimTrust::generate()?;
+    let policy_path = args
+        .policy_out
+        .clone()
+        .unwrap_or_else(|| temp.path().join("policy.json"));
+    std::fs::write(&policy_path, trust.policy.to_json())
+        .with_context(|| format!("writing {}", policy_path.display()))?;
+    println!("{}", trust.banner());
+    let started = Instant::now();
+    let cluster =
+        SclCluster::start_with_trust(&capsule_dir, workers, psl_node::scl::LEASE_MS, trust)
+            .with_context(|| {
+                format!(
+                    "starting the cluster with its DataCapsule in {}",
+                    capsule_dir.display()
+                )
+            })?;
+    let gate_cluster = cluster.clone();
+    let platform = Arc::new(
+        Platform::new(config, Arc::new(RoundRobin(cluster.clone())))?.with_gate(Arc::new(
+            move |module: &[u8]| {
+                gate_cluster
+                    .check_function(module)
+                    .map_err(|e| e.to_string())
+            },
+        )),
+    );
     println!(
         "PSL dev platform: embedded, {workers} worker(s), each with a replica of the state; updates are \
          sealed, signed and appended to the DataCapsule at {}",
         capsule_dir.display()
     );
     println!(
-        "  trust: NONE YET (no TEE, dev keys generated at start); not built yet: fencing of expired \
-         lock holders, worker recovery (see docs/design/scl.md)"
+        "  trust: the owner attested the manager ({}) and provisioned the owner secret; {} worker(s) \
+         attested and got certificates and the data key ({} ms)",
+        cluster.manager_claims(),
+        cluster.enrolled(),
+        started.elapsed().as_millis()
+    );
+    println!(
+        "  policy: {} (check the manager: psl attest --policy {0})",
+        policy_path.display()
     );
     let mut examples_found = 0;
     if args.examples.is_dir() {
@@ -239,10 +271,19 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     if args.exit_after_demo {
         return Ok(ExitCode::SUCCESS);
     }
-    serve(platform, &args.listen)
+    let attestor = cluster.clone();
+    serve(
+        platform,
+        &args.listen,
+        Arc::new(move |challenge: &[u8]| attestor.attest(challenge).map_err(|e| e.to_string())),
+    )
 }
 
-fn serve(platform: Arc<Platform>, listen: &str) -> anyhow::Result<ExitCode> {
+fn serve(
+    platform: Arc<Platform>,
+    listen: &str,
+    attestor: psl_node::gateway::Attestor,
+) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -257,11 +298,14 @@ fn serve(platform: Arc<Platform>, listen: &str) -> anyhow::Result<ExitCode> {
         println!(
             "  try: psl invoke hello world    or    curl -d world http://{listen}/invoke/hello"
         );
-        axum::serve(listener, psl_node::gateway::router(platform))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        axum::serve(
+            listener,
+            psl_node::gateway::router_with(platform, Some(attestor)),
+        )
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
         Ok(ExitCode::SUCCESS)
     })
 }

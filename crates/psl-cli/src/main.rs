@@ -12,8 +12,8 @@ use clap::{Parser, Subcommand};
 
 /// PSL: secure, stateful serverless functions for trusted execution environments.
 ///
-/// Start with `psl dev`: it runs the whole platform in this process (simulated TEE, in-memory
-/// state), deploys the example functions, runs them end to end and serves invocations on
+/// Start with `psl dev`: it runs the whole platform in this process (simulated TEE, workers
+/// with replicated state in a DataCapsule), deploys the example functions, runs them end to end and serves invocations on
 /// http://127.0.0.1:7878. Then use `psl deploy` and `psl invoke` against it, or `psl run` for a
 /// one-shot run of a module without a server.
 #[derive(Parser)]
@@ -66,6 +66,16 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         deadline_ms: u64,
     },
+    /// Verify a platform's manager: attestation evidence against a policy file; prints the
+    /// verdict and the claims (exit code 1 if refused).
+    Attest {
+        /// Platform address.
+        #[arg(env = "PSL_SERVER", default_value = remote::DEFAULT_SERVER)]
+        server: String,
+        /// The policy to check the evidence with (`psl dev` writes one and prints its path).
+        #[arg(long)]
+        policy: PathBuf,
+    },
     /// Audit DataCapsule stores.
     #[command(subcommand)]
     Capsule(capsule::CapsuleCommand),
@@ -99,6 +109,7 @@ fn main() -> ExitCode {
             input,
             deadline_ms,
         } => dev::run_once(&module, input, deadline_ms),
+        Command::Attest { server, policy } => remote::attest(&server, &policy),
         Command::Capsule(command) => capsule::run(command),
     };
     match result {

@@ -105,3 +105,56 @@ pub fn functions(server: &str) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `psl attest`: challenge the manager with a fresh nonce, verify its evidence against the
+/// policy (bound to its channel key and the nonce), print the verdict and the claims.
+pub fn attest(server: &str, policy: &Path) -> anyhow::Result<ExitCode> {
+    let policy = psl_trust::Policy::load(policy)
+        .with_context(|| format!("loading the policy {}", policy.display()))?;
+    let mut nonce = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    let client = psl_trust::PrepareClient::new(policy, nonce);
+    let url = format!("{server}/attest");
+    let response = agent()
+        .post(&url)
+        .send(&client.challenge()[..])
+        .with_context(|| unreachable_hint(server))?;
+    let (status, body) = read_body(response)?;
+    if status != 200 {
+        return Err(explain(status, &body)).context("asking the manager for evidence");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match client.verify_offer(&body, now) {
+        Ok(attested) => {
+            let claims = attested.claims();
+            println!("verdict: ACCEPTED by the policy");
+            if claims.simulated {
+                println!(
+                    "  WARNING: SIMULATED TEE: no hardware protection; accepted only because the \
+                     policy allows simulation for this root"
+                );
+            }
+            println!("  claims: {claims}");
+            println!(
+                "  {}",
+                serde_json::to_string_pretty(claims).unwrap_or_default()
+            );
+            println!(
+                "  channel key (owner secrets are sealed to it): {}",
+                attested
+                    .channel_key()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            println!("verdict: REFUSED: {error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -3,7 +3,9 @@
 //! `PUT /functions/{name}` (body: module bytes), `GET /functions`, `POST /invoke/{name}` (body:
 //! input; response: output), `GET /health`. Errors carry a JSON body `{"error", "kind"}` and a
 //! status that says what went wrong: 404 unknown function, 400 bad module or name, 413 a limit,
-//! 422 the function failed, 503 busy, 504 deadline. Invocations run on blocking threads.
+//! 422 the function failed, 503 busy, 504 deadline, 403 a function the policy does not allow.
+//! `POST /attest` (when the node has a manager) answers a prepare challenge with attestation
+//! evidence. Invocations run on blocking threads.
 
 use std::sync::Arc;
 
@@ -20,15 +22,50 @@ use crate::platform::{Platform, PlatformError};
 /// Largest request body (a module or an input).
 pub const BODY_BYTES_MAX: usize = 32 << 20;
 
+/// Answers a client's prepare challenge with the manager's attestation evidence (`psl attest`).
+pub type Attestor = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// Largest attestation challenge.
+pub const CHALLENGE_BYTES_MAX: usize = 4096;
+
 /// The router over a platform.
 pub fn router(platform: Arc<Platform>) -> Router {
-    Router::new()
+    router_with(platform, None)
+}
+
+/// The router over a platform, with `POST /attest` when an attestor is given (body: a prepare
+/// challenge; response: the manager's offer, JSON).
+pub fn router_with(platform: Arc<Platform>, attestor: Option<Attestor>) -> Router {
+    let mut router = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/functions", get(list))
         .route("/functions/{name}", put(deploy))
         .route("/invoke/{name}", post(invoke))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
-        .with_state(platform)
+        .with_state(platform);
+    if let Some(attestor) = attestor {
+        router = router.merge(
+            Router::new()
+                .route("/attest", post(attest))
+                .layer(DefaultBodyLimit::max(CHALLENGE_BYTES_MAX))
+                .with_state(attestor),
+        );
+    }
+    router
+}
+
+async fn attest(State(attestor): State<Attestor>, body: Bytes) -> Response {
+    let result = tokio::task::spawn_blocking(move || attestor(&body)).await;
+    match result {
+        Ok(Ok(offer)) => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            offer,
+        )
+            .into_response(),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, "bad_challenge", e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
 }
 
 fn error(status: StatusCode, kind: &str, message: String) -> Response {
@@ -42,6 +79,9 @@ fn platform_error(e: PlatformError) -> Response {
             error(StatusCode::NOT_FOUND, "unknown_function", e.to_string())
         }
         PlatformError::BadName(_) => error(StatusCode::BAD_REQUEST, "bad_name", e.to_string()),
+        PlatformError::NotAllowed(_) => {
+            error(StatusCode::FORBIDDEN, "function_not_allowed", e.to_string())
+        }
         PlatformError::Deploy(DeployError::TooLarge { .. }) => error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "module_too_large",

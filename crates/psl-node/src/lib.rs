@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod local;
 pub mod platform;
 pub mod scl;
+pub mod trust;
 
 pub use local::{LocalLimits, LocalState};
 pub use platform::{Listing, Platform, PlatformError};

@@ -28,6 +28,9 @@ pub enum PlatformError {
     /// The deploy failed.
     #[error(transparent)]
     Deploy(#[from] DeployError),
+    /// The policy does not allow this module (functions are pinned by hash).
+    #[error("function not allowed: {0}")]
+    NotAllowed(String),
     /// The runtime could not start.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -53,7 +56,12 @@ pub struct Platform {
     runtime: Runtime,
     state: Arc<dyn State>,
     names: RwLock<BTreeMap<String, Target>>,
+    gate: Option<FunctionGate>,
 }
+
+/// Decides, from a module's bytes, whether it may be compiled here (the trust policy's pinning
+/// of function hashes); the error says why not.
+pub type FunctionGate = Arc<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
 
 fn check_name(name: &str) -> Result<(), PlatformError> {
     let ok = !name.is_empty()
@@ -75,7 +83,14 @@ impl Platform {
             runtime: Runtime::new(config)?,
             state,
             names: RwLock::new(BTreeMap::new()),
+            gate: None,
         })
+    }
+
+    /// Checks every module with `gate` before it is compiled.
+    pub fn with_gate(mut self, gate: FunctionGate) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// The runtime.
@@ -86,6 +101,9 @@ impl Platform {
     /// Deploys a module under `name` (replacing what the name pointed at).
     pub fn deploy(&self, name: &str, wasm: &[u8]) -> Result<FunctionId, PlatformError> {
         check_name(name)?;
+        if let Some(gate) = &self.gate {
+            gate(wasm).map_err(PlatformError::NotAllowed)?;
+        }
         let function = self.runtime.deploy(wasm)?;
         if function.info().entry == psl_runtime::Entry::None {
             return Err(DeployError::NoEntryPoint.into());

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use psl_capsule::{
-    CapsuleMetadata, CreationParams, DataKey, OwnerKey, SealedRecord, Validity, WriterId,
-    WriterKeyPair, issue_certificate,
+    CapsuleMetadata, CreationParams, SealedRecord, Validity, WriterId, WriterKeyPair,
+    issue_certificate,
 };
 use psl_runtime::{Entries, LockMode, Session, State, StateError};
 use psl_scl::body::Fence;
@@ -29,6 +29,8 @@ use psl_scl::replica::ReplicaLimits;
 use psl_scl::worker::{Received, WorkerCore};
 use psl_store::{DirStore, Durability, RecordStore, StoreOptions};
 
+use crate::trust::{CERTIFICATE_LIFETIME_S, ManagerTrust, SimTrust, TrustError};
+
 /// Errors setting up the cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -38,6 +40,9 @@ pub enum ClusterError {
     /// The store could not be created.
     #[error("store: {0}")]
     Store(#[from] psl_store::StoreError),
+    /// Attestation or key distribution refused or failed (no key was issued).
+    #[error("trust: {0}")]
+    Trust(#[from] TrustError),
 }
 
 /// One worker slot: its current incarnation's core and the grants its sessions hold. Sessions
@@ -61,16 +66,10 @@ struct Worker {
     inbox: Mutex<mpsc::Sender<SealedRecord>>,
 }
 
-/// What the cluster needs to start worker incarnations.
-struct Identity {
-    owner: OwnerKey,
-    metadata: CapsuleMetadata,
-    data_secret: [u8; 32],
-}
-
 struct Inner {
     store: DirStore,
-    identity: Identity,
+    metadata: CapsuleMetadata,
+    trust: Mutex<ManagerTrust>,
     workers: Vec<Arc<Worker>>,
     manager: Mutex<Manager>,
     granted: Mutex<HashMap<(HolderId, u64), Grant>>,
@@ -106,34 +105,24 @@ const TICK: Duration = Duration::from_millis(20);
 /// How often the manager publishes a sync report of every writer's head.
 const REPORT_EVERY: Duration = Duration::from_millis(500);
 
-impl Identity {
-    fn certify(&self, keys: &WriterKeyPair) -> psl_capsule::WriterCertificate {
-        let not_before = now_s().saturating_sub(60);
-        issue_certificate(
-            &self.owner,
-            &self.metadata,
-            keys.public_key(),
-            [0; 32],
-            not_before,
-            not_before + 365 * 86_400,
-        )
-    }
-
-    /// Starts a new worker incarnation (fresh key pair, hence a fresh writer id and chain).
-    fn start_core(&self, manager: WriterId) -> Result<(WorkerCore, SealedRecord), ClusterError> {
-        let keys = WriterKeyPair::from_seed(&random_seed()?);
-        let certificate = self.certify(&keys);
-        let (mut core, genesis) = WorkerCore::start(
-            &self.metadata,
-            DataKey::from_bytes(self.data_secret),
-            keys,
-            &certificate,
-            ReplicaLimits::default(),
-        )
-        .map_err(|e| ClusterError::Setup(e.to_string()))?;
-        core.set_manager(manager);
-        Ok((core, genesis))
-    }
+/// Starts a new worker incarnation: it enrolls with the manager (attestation, certificate and
+/// data key) and only then has keys. Fresh key pair, hence a fresh writer id and chain.
+fn start_core(
+    trust: &mut ManagerTrust,
+    metadata: &CapsuleMetadata,
+    manager: WriterId,
+) -> Result<(WorkerCore, SealedRecord), ClusterError> {
+    let parts = trust.enroll_worker(metadata.id())?;
+    let (mut core, genesis) = WorkerCore::start(
+        &parts.metadata,
+        parts.data_key,
+        parts.writer,
+        &parts.certificate,
+        ReplicaLimits::default(),
+    )
+    .map_err(|e| ClusterError::Setup(e.to_string()))?;
+    core.set_manager(manager);
+    Ok((core, genesis))
 }
 
 impl SclCluster {
@@ -148,7 +137,18 @@ impl SclCluster {
         n_workers: usize,
         lease_ms: u64,
     ) -> Result<Self, ClusterError> {
-        let owner = OwnerKey::from_seed(&random_seed()?);
+        Self::start_with_trust(dir, n_workers, lease_ms, SimTrust::generate()?)
+    }
+
+    /// [`Self::start_with_lease`] with given TEEs and policy. The owner attests the manager and
+    /// provisions the owner secret (prepare phase), then every worker enrolls (attestation,
+    /// certificate, data key); a refusal anywhere fails the start and issues no key.
+    pub fn start_with_trust(
+        dir: &Path,
+        n_workers: usize,
+        lease_ms: u64,
+        trust: SimTrust,
+    ) -> Result<Self, ClusterError> {
         let mut salt = [0u8; 16];
         salt.copy_from_slice(&random_seed()?[..16]);
         let params = CreationParams {
@@ -157,23 +157,25 @@ impl SclCluster {
             record_bytes_max: u32::try_from(psl_capsule::limits::RECORD_BYTES_MAX)
                 .unwrap_or(u32::MAX),
         };
-        let metadata = CapsuleMetadata::new(owner.public_key(), "psl-dev", params)
-            .map_err(|e| ClusterError::Setup(e.to_string()))?;
-        let identity = Identity {
-            owner,
-            metadata,
-            data_secret: random_seed()?,
-        };
-        let store = DirStore::create(dir, &identity.metadata, StoreOptions::default())?;
+        let (mut trust, metadata) = ManagerTrust::prepare(trust, "psl-dev", params)?;
+        let store = DirStore::create(dir, &metadata, StoreOptions::default())?;
         let manager_keys = WriterKeyPair::from_seed(&random_seed()?);
-        let manager_cert = identity.certify(&manager_keys);
+        let not_before = now_s().saturating_sub(60);
+        let manager_cert = issue_certificate(
+            &trust.owner_key(),
+            &metadata,
+            manager_keys.public_key(),
+            *blake3::hash(trust.manager_claims().measurement.to_string().as_bytes()).as_bytes(),
+            not_before,
+            not_before + CERTIFICATE_LIFETIME_S,
+        );
         let lock_config = LockConfig {
             lease_ms,
             ..LockConfig::default()
         };
         let (manager, manager_genesis) = Manager::start(
-            &identity.metadata,
-            &DataKey::from_bytes(identity.data_secret),
+            &metadata,
+            &trust.data_key(&metadata.id()),
             manager_keys,
             &manager_cert,
             lock_config,
@@ -184,7 +186,7 @@ impl SclCluster {
         let mut receivers = Vec::new();
         let mut genesis_records = vec![manager_genesis];
         for _ in 0..n_workers.max(1) {
-            let (core, genesis) = identity.start_core(manager.writer_id())?;
+            let (core, genesis) = start_core(&mut trust, &metadata, manager.writer_id())?;
             store.append(std::slice::from_ref(&genesis), Durability::Always)?;
             genesis_records.push(genesis);
             let (tx, rx) = mpsc::channel();
@@ -201,7 +203,8 @@ impl SclCluster {
         }
         let cluster = SclCluster(Arc::new(Inner {
             store,
-            identity,
+            metadata,
+            trust: Mutex::new(trust),
             workers,
             manager: Mutex::new(manager),
             granted: Mutex::new(HashMap::new()),
@@ -265,6 +268,26 @@ impl SclCluster {
             .iter()
             .map(|w| w.slot.lock().core.fenced_refused())
             .collect()
+    }
+
+    /// What the owner verified about the manager at start (the prepare phase).
+    pub fn manager_claims(&self) -> psl_trust::Claims {
+        self.0.trust.lock().manager_claims().clone()
+    }
+
+    /// Worker incarnations enrolled (attested and given keys) so far.
+    pub fn enrolled(&self) -> u64 {
+        self.0.trust.lock().enrolled()
+    }
+
+    /// Answers a client's prepare challenge with the manager's evidence (`psl attest`).
+    pub fn attest(&self, challenge: &[u8]) -> Result<Vec<u8>, TrustError> {
+        self.0.trust.lock().offer(challenge)
+    }
+
+    /// The policy's verdict on a module about to be compiled (functions by hash).
+    pub fn check_function(&self, module: &[u8]) -> Result<(), TrustError> {
+        self.0.trust.lock().check_function(module).map(drop)
     }
 
     /// Kills worker `index` and starts a new incarnation of it from the record store, as after
@@ -347,41 +370,48 @@ impl Inner {
         self.grant_changed.notify_all();
     }
 
-    /// Seals all of the worker's pending updates under the grants its sessions hold, appends
-    /// the records durably (one fsync per 8 MiB), then multicasts them. If `release` names a
-    /// held grant, it leaves the fence set in the same critical section (so nothing sealed later
-    /// carries it). Returns the worker's head seq, its writer id, whether anything was ever
-    /// sealed under the released grant, and the grants still held.
+    /// Seals pending updates of worker `index` (all of them, or one session's under that
+    /// session's grants), appends the records durably (one fsync per 8 MiB), then multicasts
+    /// them. If `release` names a held grant, it leaves the fence set in the same critical
+    /// section (so nothing sealed later carries it). Returns the worker's head seq, its writer
+    /// id, whether anything was ever sealed under the released grant, and the grants the
+    /// session still holds (to acknowledge the flush under).
     fn flush_worker(
         &self,
         index: usize,
-        incarnation: Option<u64>,
+        session: Option<(u64, HolderId, u64)>,
         release: Option<(&[u8], u64)>,
     ) -> Result<Flushed, StateError> {
         let worker = &self.workers[index];
         let (records, flushed) = {
             let mut slot = worker.slot.lock();
-            if incarnation.is_some_and(|i| i != slot.incarnation) {
+            if session.is_some_and(|(incarnation, _, _)| incarnation != slot.incarnation) {
                 return Err(restarted());
             }
+            let holder = session.map(|(_, holder, _)| holder);
+            let mine = |held: &HeldGrant| holder.is_none_or(|h| h == held.holder);
             let fences: Vec<Fence> = slot
                 .held
-                .keys()
-                .map(|(lock, token)| Fence {
+                .iter()
+                .filter(|(_, held)| mine(held))
+                .map(|((lock, token), _)| Fence {
                     lock: lock.clone(),
                     token: *token,
                 })
                 .collect();
             let mut records = Vec::new();
-            while let Some(record) = slot
-                .core
-                .seal(&fences)
-                .map_err(|e| StateError::Unavailable(e.to_string()))?
-            {
-                records.push(record);
+            loop {
+                let sealed = match session {
+                    Some((_, _, tag)) => slot.core.seal_tag(tag, &fences),
+                    None => slot.core.seal(&fences),
+                };
+                match sealed.map_err(|e| StateError::Unavailable(e.to_string()))? {
+                    Some(record) => records.push(record),
+                    None => break,
+                }
             }
             if !records.is_empty() {
-                for held in slot.held.values_mut() {
+                for held in slot.held.values_mut().filter(|held| mine(held)) {
                     held.sealed_under = true;
                 }
             }
@@ -400,11 +430,15 @@ impl Inner {
                 released_fenced = held.sealed_under;
                 slot.core.note_release(lock, token);
             }
-            let still_held = slot
-                .held
-                .iter()
-                .map(|((lock, token), held)| (lock.clone(), *token, held.holder))
-                .collect();
+            let still_held = if records.is_empty() {
+                Vec::new()
+            } else {
+                slot.held
+                    .iter()
+                    .filter(|(_, held)| mine(held))
+                    .map(|((lock, token), held)| (lock.clone(), *token, held.holder))
+                    .collect()
+            };
             (
                 records,
                 Flushed {
@@ -421,10 +455,34 @@ impl Inner {
         Ok(flushed)
     }
 
+    /// Acknowledges a flush under the grants the session still holds: its flushed records
+    /// then commit even if one of those grants later expires. A refused acknowledgement means
+    /// they will be refused: the caller's write is fenced.
+    fn acknowledge(&self, flushed: &Flushed) -> Result<(), StateError> {
+        if flushed.still_held.is_empty() {
+            return Ok(());
+        }
+        let mut watermark = Watermark::new();
+        watermark.observe(flushed.writer, flushed.head);
+        let now = self.now_ms();
+        for (lock, token, holder) in &flushed.still_held {
+            let name = LockName::new(lock.clone()).map_err(|e| lock_error(b"", e))?;
+            let acknowledged = self.manager.lock().acknowledge_flush(
+                now,
+                *holder,
+                &name,
+                FencingToken(*token),
+                &watermark,
+            );
+            acknowledged.map_err(|e| fenced_or(name.as_bytes(), e))?;
+        }
+        Ok(())
+    }
+
     fn restart_worker(&self, index: usize) -> Result<(), ClusterError> {
         let worker = &self.workers[index];
         let manager_id = self.manager.lock().writer_id();
-        let (core, genesis) = self.identity.start_core(manager_id)?;
+        let (core, genesis) = start_core(&mut self.trust.lock(), &self.metadata, manager_id)?;
         self.store
             .append(std::slice::from_ref(&genesis), Durability::Always)?;
         let old_holders: Vec<HolderId> = {
@@ -621,6 +679,7 @@ impl State for WorkerState {
         Box::new(SclSession {
             cluster: self.cluster.clone(),
             index: self.index,
+            tag: number,
             incarnation,
             holder: HolderId(holder),
             held: Vec::new(),
@@ -638,6 +697,8 @@ struct HeldLock {
 struct SclSession {
     cluster: SclCluster,
     index: usize,
+    /// Tags this session's pending updates: they are sealed only under its own grants.
+    tag: u64,
     incarnation: u64,
     holder: HolderId,
     held: Vec<HeldLock>,
@@ -751,9 +812,12 @@ impl SclSession {
         let held = self.held.swap_remove(position);
         let flushed = self.inner().flush_worker(
             self.index,
-            Some(self.incarnation),
+            Some((self.incarnation, self.holder, self.tag)),
             Some((held.name.as_bytes(), held.token.0)),
         )?;
+        // The records carry the session's other grants too: acknowledge them under those, or
+        // an expiry of one of them later would refuse what this release made visible.
+        self.inner().acknowledge(&flushed)?;
         let mut watermark = Watermark::new();
         watermark.observe(flushed.writer, flushed.head);
         let holder = self.holder;
@@ -787,7 +851,7 @@ impl Session for SclSession {
         self.slot()?
             .core
             .replica_mut()
-            .put(key, value)
+            .put_as(self.tag, key, value)
             .map(drop)
             .map_err(Self::local_error)
     }
@@ -797,7 +861,7 @@ impl Session for SclSession {
         self.slot()?
             .core
             .replica_mut()
-            .delete(key)
+            .delete_as(self.tag, key)
             .map_err(Self::local_error)
     }
 
@@ -907,26 +971,12 @@ impl Session for SclSession {
 
     fn flush(&mut self) -> Result<(), StateError> {
         self.renew()?;
-        let flushed = self
-            .inner()
-            .flush_worker(self.index, Some(self.incarnation), None)?;
-        // Records sealed under held grants commit even if those grants expire later, once the
-        // lock service acknowledged them; a refused acknowledgement means they will not.
-        let mut watermark = Watermark::new();
-        watermark.observe(flushed.writer, flushed.head);
-        let now = self.inner().now_ms();
-        for (lock, token, holder) in flushed.still_held {
-            let name = LockName::new(lock).map_err(|e| lock_error(b"", e))?;
-            let acknowledged = self.inner().manager.lock().acknowledge_flush(
-                now,
-                holder,
-                &name,
-                FencingToken(token),
-                &watermark,
-            );
-            acknowledged.map_err(|e| fenced_or(name.as_bytes(), e))?;
-        }
-        Ok(())
+        let flushed = self.inner().flush_worker(
+            self.index,
+            Some((self.incarnation, self.holder, self.tag)),
+            None,
+        )?;
+        self.inner().acknowledge(&flushed)
     }
 
     fn finish(&mut self) -> Result<(), StateError> {

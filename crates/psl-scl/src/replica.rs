@@ -85,7 +85,10 @@ pub struct Replica {
     memtable: BTreeMap<Vec<u8>, Entry>,
     /// Highest sequence number applied, contiguously, per writer (0 = only the genesis).
     applied: BTreeMap<WriterId, u64>,
-    pending: Vec<StampedUpdate>,
+    /// Local updates waiting to be sealed, per writer tag (a session): a record never mixes
+    /// two tags, so each session's writes are sealed under its own lock fences only.
+    pending: BTreeMap<u64, Vec<StampedUpdate>>,
+    pending_len: usize,
     limits: ReplicaLimits,
 }
 
@@ -97,7 +100,8 @@ impl Replica {
             clock: 0,
             memtable: BTreeMap::new(),
             applied: BTreeMap::new(),
-            pending: Vec::new(),
+            pending: BTreeMap::new(),
+            pending_len: 0,
             limits,
         }
     }
@@ -117,9 +121,14 @@ impl Replica {
         self.clock = self.clock.max(lamport);
     }
 
-    fn local(&mut self, key: &[u8], value: Option<Vec<u8>>) -> Result<Version, ReplicaError> {
-        if self.pending.len() >= self.limits.pending_max {
-            return Err(ReplicaError::PendingFull(self.pending.len()));
+    fn local(
+        &mut self,
+        tag: u64,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+    ) -> Result<Version, ReplicaError> {
+        if self.pending_len >= self.limits.pending_max {
+            return Err(ReplicaError::PendingFull(self.pending_len));
         }
         if self.memtable.len() >= self.limits.keys_max && !self.memtable.contains_key(key) {
             return Err(ReplicaError::Full(self.memtable.len()));
@@ -134,23 +143,34 @@ impl Replica {
             None => Op::Delete,
         };
         self.merge(key, version, value);
-        self.pending.push(StampedUpdate {
+        self.pending.entry(tag).or_default().push(StampedUpdate {
             lamport: version.lamport,
             key: key.to_vec(),
             op,
         });
+        self.pending_len += 1;
         Ok(version)
     }
 
     /// Writes a key locally (read-your-writes at once); the update waits for sealing.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<Version, ReplicaError> {
-        self.local(key, Some(value.to_vec()))
+        self.put_as(0, key, value)
     }
 
     /// Deletes a key locally; returns whether it had a value.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool, ReplicaError> {
+        self.delete_as(0, key)
+    }
+
+    /// [`Self::put`] on behalf of the writer `tag` (a session): sealed with that tag's updates.
+    pub fn put_as(&mut self, tag: u64, key: &[u8], value: &[u8]) -> Result<Version, ReplicaError> {
+        self.local(tag, key, Some(value.to_vec()))
+    }
+
+    /// [`Self::delete`] on behalf of the writer `tag`.
+    pub fn delete_as(&mut self, tag: u64, key: &[u8]) -> Result<bool, ReplicaError> {
         let existed = self.get(key).is_some();
-        self.local(key, None)?;
+        self.local(tag, key, None)?;
         Ok(existed)
     }
 
@@ -176,15 +196,37 @@ impl Replica {
 
     /// Whether local updates wait for sealing.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        self.pending_len > 0
     }
 
-    /// Takes local updates, oldest first, to seal into the next record: at most `max` of them
-    /// and, beyond the first, at most `bytes_max` bytes of keys and values.
+    /// Whether local updates of `tag` wait for sealing.
+    pub fn has_pending_of(&self, tag: u64) -> bool {
+        self.pending.get(&tag).is_some_and(|p| !p.is_empty())
+    }
+
+    /// Takes local updates of one tag (the lowest with any), oldest first, to seal into the
+    /// next record: at most `max` of them and, beyond the first, at most `bytes_max` bytes of
+    /// keys and values.
     pub fn take_pending(&mut self, max: usize, bytes_max: usize) -> Vec<StampedUpdate> {
+        match self.pending.keys().next().copied() {
+            Some(tag) => self.take_pending_of(tag, max, bytes_max),
+            None => Vec::new(),
+        }
+    }
+
+    /// [`Self::take_pending`] for the updates of `tag` only.
+    pub fn take_pending_of(
+        &mut self,
+        tag: u64,
+        max: usize,
+        bytes_max: usize,
+    ) -> Vec<StampedUpdate> {
+        let Some(pending) = self.pending.get_mut(&tag) else {
+            return Vec::new();
+        };
         let mut bytes = 0usize;
         let mut n = 0;
-        for update in self.pending.iter().take(max) {
+        for update in pending.iter().take(max) {
             let size = update.key.len()
                 + if let Op::Put(v) = &update.op {
                     v.len()
@@ -198,7 +240,12 @@ impl Replica {
             bytes += size;
             n += 1;
         }
-        self.pending.drain(..n).collect()
+        let taken: Vec<StampedUpdate> = pending.drain(..n).collect();
+        if pending.is_empty() {
+            self.pending.remove(&tag);
+        }
+        self.pending_len -= taken.len();
+        taken
     }
 
     /// Records that this replica's own record `seq` was sealed (its updates are already here).

@@ -237,8 +237,8 @@ impl WorkerCore {
     }
 
     /// Seals pending local updates (at most [`UPDATES_PER_RECORD_MAX`] and about
-    /// [`RECORD_PAYLOAD_BYTES_MAX`]) into one record carrying `fences`; `None` if nothing is
-    /// pending. Call until it returns `None` to seal everything.
+    /// [`RECORD_PAYLOAD_BYTES_MAX`], all of one tag) into one record carrying `fences`; `None`
+    /// if nothing is pending. Call until it returns `None` to seal everything.
     pub fn seal(&mut self, fences: &[Fence]) -> Result<Option<SealedRecord>, CoreError> {
         if !self.replica.has_pending() {
             return Ok(None);
@@ -246,6 +246,29 @@ impl WorkerCore {
         let updates = self
             .replica
             .take_pending(UPDATES_PER_RECORD_MAX, RECORD_PAYLOAD_BYTES_MAX);
+        self.seal_updates(updates, fences).map(Some)
+    }
+
+    /// [`Self::seal`] for the updates of one tag (a session) only, under that session's fences.
+    pub fn seal_tag(
+        &mut self,
+        tag: u64,
+        fences: &[Fence],
+    ) -> Result<Option<SealedRecord>, CoreError> {
+        if !self.replica.has_pending_of(tag) {
+            return Ok(None);
+        }
+        let updates =
+            self.replica
+                .take_pending_of(tag, UPDATES_PER_RECORD_MAX, RECORD_PAYLOAD_BYTES_MAX);
+        self.seal_updates(updates, fences).map(Some)
+    }
+
+    fn seal_updates(
+        &mut self,
+        updates: Vec<crate::body::StampedUpdate>,
+        fences: &[Fence],
+    ) -> Result<SealedRecord, CoreError> {
         let batch = Batch {
             fences: fences.to_vec(),
             updates,
@@ -274,7 +297,7 @@ impl WorkerCore {
                 self.own_grant(key).sealed_max = Some(record.seq());
             }
         }
-        Ok(Some(record))
+        Ok(record)
     }
 
     /// Verifies, decrypts and applies a record from the bus or from storage, then any buffered
