@@ -70,11 +70,16 @@
 //! # Threading
 //!
 //! [`RecordStore`] is synchronous. Every network operation runs on the runtime of the store's
-//! [`NatsConnection`] and the calling thread waits for it (see [`crate::conn`]). One mutex
-//! serialises appends and catch-ups of one store handle; reads copy index locations under it and
-//! fetch without it. Several handles (processes) may append to the same stream concurrently.
+//! [`NatsConnection`] and the calling thread waits for it (see [`crate::conn`]). One mutex guards
+//! the verifier and the index of a store handle; it is held while records are classified and
+//! verified, during catch-up and while acknowledgements are indexed, but not while publishes are
+//! in flight, so concurrent append calls for different writers overlap their round trips. A
+//! writer with a publish in flight is marked busy and a concurrent call's next record of that
+//! writer waits for it (one record in flight per writer, as above). Reads copy index locations
+//! under the mutex and fetch without it. Several handles (processes) may append to the same
+//! stream concurrently: the server's expected-sequence check orders them.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io::ErrorKind;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -83,7 +88,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use psl_capsule::limits::RECORD_BYTES_MAX;
 use psl_capsule::{
     CapsuleId, CapsuleMetadata, CapsuleVerifier, ForkEvidence, Head, RecordHash, SealedRecord,
@@ -174,6 +179,8 @@ struct Inner {
     retries: u64,
     /// "Wrong last sequence" answers.
     conflicts: u64,
+    /// Writers with a publish in flight (their next record waits: one at a time per writer).
+    in_flight: HashSet<WriterId>,
 }
 
 /// Everything the async side needs, cheap to clone into a task.
@@ -193,6 +200,8 @@ pub struct JetStreamStore {
     /// Largest record this store stores (capsule limit, server payload limit).
     record_bytes_max: usize,
     inner: Mutex<Inner>,
+    /// Signalled when a writer leaves `in_flight`.
+    released: Condvar,
 }
 
 impl std::fmt::Debug for JetStreamStore {
@@ -515,7 +524,9 @@ impl JetStreamStore {
                 skipped: 0,
                 retries: 0,
                 conflicts: 0,
+                in_flight: HashSet::new(),
             }),
+            released: Condvar::new(),
         };
         let report = {
             let mut inner = store.inner.lock();
@@ -874,7 +885,7 @@ impl JetStreamStore {
                             note(&mut first_error, error);
                             break;
                         }
-                        std::thread::sleep(backoff);
+                        MutexGuard::unlocked(&mut inner, || std::thread::sleep(backoff));
                         backoff = backoff.saturating_mul(2).min(Duration::from_millis(500));
                         continue;
                     }
@@ -883,8 +894,14 @@ impl JetStreamStore {
             }
             // Pick the next record of every writer, verified; settle what needs no publish.
             let mut round: Vec<usize> = Vec::new();
+            let mut blocked = false;
             for (position, queue) in queues.iter_mut().enumerate() {
                 while let Some(pending) = queue.front() {
+                    if inner.in_flight.contains(&pending.record.writer()) {
+                        // Another call is publishing this writer's previous record.
+                        blocked = true;
+                        break;
+                    }
                     let class = Self::classify(&inner, &pending.record);
                     match class {
                         Ok(Class::Present) => {
@@ -954,6 +971,10 @@ impl JetStreamStore {
                 if want_catch_up {
                     continue;
                 }
+                if blocked {
+                    self.released.wait(&mut inner);
+                    continue;
+                }
                 break;
             }
             // Publish the round: one record per writer, concurrently.
@@ -978,25 +999,42 @@ impl JetStreamStore {
                     expected,
                 ));
             }
+            let round_writers: Vec<WriterId> = queues
+                .iter()
+                .enumerate()
+                .filter(|(position, _)| round.contains(position))
+                .filter_map(|(_, queue)| queue.front().map(|pending| pending.record.writer()))
+                .collect();
+            inner.in_flight.extend(round_writers.iter().copied());
             let remote = self.remote.clone();
-            let outcomes = self.run(async move {
-                let publishes = jobs
-                    .into_iter()
-                    .map(|(position, bytes, subject, id, expected)| {
-                        let remote = remote.clone();
-                        async move {
-                            let outcome =
-                                remote.publish(bytes, subject.clone(), id, expected).await;
-                            // On a conflict, learn the subject's real last sequence.
-                            let last = match outcome {
-                                Published::Conflict => Some(remote.last_on_subject(&subject).await),
-                                _ => None,
-                            };
-                            (position, outcome, last)
-                        }
-                    });
-                futures_util::future::join_all(publishes).await
-            })?;
+            // Publish without the lock: other calls (other writers) proceed meanwhile.
+            let outcomes = MutexGuard::unlocked(&mut inner, || {
+                self.run(async move {
+                    let publishes =
+                        jobs.into_iter()
+                            .map(|(position, bytes, subject, id, expected)| {
+                                let remote = remote.clone();
+                                async move {
+                                    let outcome =
+                                        remote.publish(bytes, subject.clone(), id, expected).await;
+                                    // On a conflict, learn the subject's real last sequence.
+                                    let last = match outcome {
+                                        Published::Conflict => {
+                                            Some(remote.last_on_subject(&subject).await)
+                                        }
+                                        _ => None,
+                                    };
+                                    (position, outcome, last)
+                                }
+                            });
+                    futures_util::future::join_all(publishes).await
+                })
+            });
+            for writer in &round_writers {
+                inner.in_flight.remove(writer);
+            }
+            self.released.notify_all();
+            let outcomes = outcomes?;
             fresh = false;
             let mut transient = false;
             for (position, outcome, last) in outcomes {
@@ -1085,7 +1123,7 @@ impl JetStreamStore {
                 }
             }
             if transient {
-                std::thread::sleep(backoff);
+                MutexGuard::unlocked(&mut inner, || std::thread::sleep(backoff));
                 backoff = backoff.saturating_mul(2).min(Duration::from_millis(500));
             }
         }
