@@ -121,3 +121,65 @@ fn served_platform_takes_deploys_and_invocations_from_other_processes() {
         std::panic::resume_unwind(panic);
     }
 }
+
+#[test]
+fn attest_verifies_the_served_manager_against_the_policy_and_refuses_a_strict_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    let mut server = psl()
+        .args([
+            "dev",
+            "--no-demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--examples",
+            "/nonexistent",
+            "--policy-out",
+        ])
+        .arg(&policy)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    let address = loop {
+        let line = lines.next().expect("server exited").unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if let Some(rest) = line.strip_prefix("serving on ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let result = std::panic::catch_unwind(|| {
+        assert!(banner.contains("SIMULATED TEE"), "{banner}");
+        let accepted = psl()
+            .args(["attest", &address, "--policy"])
+            .arg(&policy)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&accepted.stdout);
+        assert!(accepted.status.success(), "{stdout}");
+        assert!(stdout.contains("ACCEPTED"), "{stdout}");
+        assert!(stdout.contains("SIMULATED TEE"), "{stdout}");
+        // A policy that does not allow simulation refuses the same manager.
+        let strict = dir.path().join("strict.json");
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&policy).unwrap()).unwrap();
+        json["allow_sim"] = serde_json::Value::Bool(false);
+        std::fs::write(&strict, json.to_string()).unwrap();
+        let refused = psl()
+            .args(["attest", &address, "--policy"])
+            .arg(&strict)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&refused.stdout);
+        assert!(!refused.status.success(), "{stdout}");
+        assert!(stdout.contains("REFUSED"), "{stdout}");
+        assert!(stdout.contains("simulat"), "{stdout}");
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}

@@ -79,6 +79,8 @@ struct Inner {
     next_worker: AtomicUsize,
     restarts: AtomicU64,
     lease_ms: u64,
+    /// Observers of every multicast record (tests audit what crosses the bus).
+    taps: Mutex<Vec<mpsc::Sender<SealedRecord>>>,
 }
 
 /// N workers, one capsule, one manager (lock service, verdicts, sync reports), in this process.
@@ -214,6 +216,7 @@ impl SclCluster {
             next_worker: AtomicUsize::new(0),
             restarts: AtomicU64::new(0),
             lease_ms: lease_ms.max(1),
+            taps: Mutex::new(Vec::new()),
         }));
         for (index, rx) in receivers.into_iter().enumerate() {
             let inner = Arc::downgrade(&cluster.0);
@@ -268,6 +271,13 @@ impl SclCluster {
             .iter()
             .map(|w| w.slot.lock().core.fenced_refused())
             .collect()
+    }
+
+    /// A copy of every record multicast from now on (what an observer of the bus sees).
+    pub fn tap_bus(&self) -> mpsc::Receiver<SealedRecord> {
+        let (tx, rx) = mpsc::channel();
+        self.0.taps.lock().push(tx);
+        rx
     }
 
     /// What the owner verified about the manager at start (the prepare phase).
@@ -331,6 +341,10 @@ impl Inner {
     fn broadcast(&self, record: &SealedRecord) {
         for worker in &self.workers {
             let _ = worker.inbox.lock().send(record.clone());
+        }
+        let mut taps = self.taps.lock();
+        if !taps.is_empty() {
+            taps.retain(|tap| tap.send(record.clone()).is_ok());
         }
     }
 

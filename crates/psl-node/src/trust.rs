@@ -10,8 +10,12 @@
 //!    [`KeyDistributor`] checks it against the policy and answers with a writer certificate and
 //!    the data key sealed to the worker. A worker without that grant has no keys and runs
 //!    nothing ([`psl_trust::Provisioned`] exists only after a verified grant).
-//! 3. **Functions by hash.** [`ManagerTrust::check_function`] applies the policy's pinning to a
-//!    module's hash before it is compiled.
+//! 3. **Functions by hash.** Embedded workers are general-purpose: each is attested as the
+//!    worker binary (no function in its evidence) and runs any deployed function the policy
+//!    allows. [`ManagerTrust::check_function`] checks a module's hash before it is compiled:
+//!    when the policy lists `functions`, only those hashes may be deployed. (A policy with
+//!    `pin_functions` asks for workers attested per function, as in the research system; the
+//!    embedded cluster does not run that mode, and enrollment refuses with `FunctionRequired`.)
 //!
 //! On these machines there is no TEE: the backend is [`SimTee`], which says so everywhere
 //! (banner, evidence, claims) and is accepted only because the generated development policy
@@ -226,10 +230,11 @@ impl ManagerTrust {
         Ok(offer)
     }
 
-    /// Applies the policy's function pinning to a module about to be compiled.
+    /// Applies the policy's list of functions to a module about to be compiled (an empty list
+    /// allows any).
     pub fn check_function(&self, module: &[u8]) -> Result<FunctionHash, TrustError> {
         let hash = FunctionHash::of_module(module);
-        if self.policy.pin_functions && !self.policy.functions.contains_key(&hash) {
+        if !self.policy.functions.is_empty() && !self.policy.functions.contains_key(&hash) {
             return Err(TrustError::FunctionNotAllowed(hash.to_string()));
         }
         Ok(hash)
