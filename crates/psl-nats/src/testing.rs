@@ -64,6 +64,8 @@ pub struct ClusterOptions {
     pub sync_always: bool,
     /// The server's `max_payload`.
     pub max_payload: usize,
+    /// Appended to every server's configuration file (accounts, TLS, ...).
+    pub extra_config: String,
 }
 
 impl Default for ClusterOptions {
@@ -72,6 +74,7 @@ impl Default for ClusterOptions {
             servers: 1,
             sync_always: false,
             max_payload: 8 * 1024 * 1024,
+            extra_config: String::new(),
         }
     }
 }
@@ -185,6 +188,8 @@ impl NatsCluster {
                     routes.join(", ")
                 ));
             }
+            config.push_str(&options.extra_config);
+            config.push('\n');
             let path = dir.path().join(format!("n{index}.conf"));
             std::fs::write(&path, config).map_err(io("write server config"))?;
             servers.push(Server {

@@ -498,3 +498,96 @@ fn r3_cluster_survives_sigkill_of_one_server() {
     store.append(&more, Durability::Always).unwrap();
     assert_eq!(fresh.read_range(more[0].writer(), 0..4).unwrap(), more);
 }
+
+/// The accounts and permissions of docs/deploy.md are enough for the store and the bus, and a
+/// user without them cannot publish on PSL subjects.
+#[test]
+fn store_and_bus_work_under_the_documented_permissions() {
+    let accounts = r#"
+accounts {
+  PSL {
+    jetstream: enabled
+    users: [
+      { user: psl-node, password: secret,
+        permissions: {
+          publish:   { allow: ["psl.>", "$JS.API.>", "_INBOX.>"] }
+          subscribe: { allow: ["psl.>", "_INBOX.>"] }
+        } }
+      { user: reader, password: secret2,
+        permissions: { publish: { allow: ["_INBOX.>"] }, subscribe: { allow: ["psl.>", "_INBOX.>"] } } }
+    ]
+  }
+  SYS { users: [ { user: admin, password: admin } ] }
+}
+system_account: SYS
+"#;
+    let Some(cluster) = NatsCluster::start_or_skip(
+        "permissions",
+        ClusterOptions {
+            extra_config: accounts.to_string(),
+            ..ClusterOptions::default()
+        },
+    ) else {
+        return;
+    };
+    let mut options = NatsOptions::with_servers(cluster.urls());
+    options.request_timeout = Duration::from_secs(2);
+    options.user_password = Some(("psl-node".into(), "secret".into()));
+    let conn = NatsConnection::connect(options.clone()).unwrap();
+    let capsule = TestCapsule::new("nats-perm", 8);
+    let (store, _) =
+        JetStreamStore::open_or_create(&conn, &capsule.metadata, options_r1()).unwrap();
+    let (_, a) = chain(&capsule, 1, 3, 10);
+    store.append(&a, Durability::Always).unwrap();
+    assert_eq!(store.read_range(a[0].writer(), 0..10).unwrap(), a);
+    let bus = psl_nats::NatsBus::new(conn.clone());
+    use psl_nats::Bus;
+    let subscription = bus.subscribe("psl.bus.app.records", 8).unwrap();
+    bus.flush().unwrap();
+    bus.publish_record("app", &a[1]).unwrap();
+    bus.flush().unwrap();
+    let message = subscription
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    assert_eq!(message.decode_record().unwrap(), a[1]);
+
+    // A user without publish rights on psl.> cannot plant anything in the stream.
+    let mut reader_options = options.clone();
+    reader_options.user_password = Some(("reader".into(), "secret2".into()));
+    let reader = NatsConnection::connect(reader_options).unwrap();
+    let client = reader.client().clone();
+    let subject = format!("psl.{}.rec.{}", capsule.id(), a[0].writer());
+    reader
+        .run(async move {
+            client
+                .publish(subject, Bytes::from_static(b"junk"))
+                .await
+                .unwrap();
+            client.flush().await.unwrap();
+        })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reader.stats().server_errors.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no permissions violation reported"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (fresh, report) = JetStreamStore::open(&conn, capsule.id(), options_r1()).unwrap();
+    assert_eq!((report.records, report.skipped), (4, 0));
+    assert_eq!(fresh.heads().unwrap(), vec![a[3].head()]);
+    // Wrong password: a clear connect error, not a hang.
+    let mut wrong = options;
+    wrong.user_password = Some(("psl-node".into(), "nope".into()));
+    wrong.connect_timeout = Duration::from_secs(2);
+    assert!(matches!(
+        NatsConnection::connect(wrong),
+        Err(NatsError::Connect { .. })
+    ));
+}
+
+fn options_r1() -> JetStreamOptions {
+    options(1)
+}
