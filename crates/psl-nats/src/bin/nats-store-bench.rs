@@ -3,7 +3,9 @@
 //! `Durability::Always`, in the same run. Every append is one record, acknowledged before the
 //! next (the flush path of a worker); `threads` writers append concurrently, each its own chain.
 //!
-//! Usage: `nats-store-bench [--records N] [--threads 1,4] [--out bench-results/nats-store.json]`
+//! Usage: `nats-store-bench [--records N] [--repetitions R] [--threads 1,4] [--out bench-results/nats-store.json]`
+//! Configurations are interleaved and repeated R times (the shared VM's disk latency drifts by
+//! an order of magnitude over minutes); the summary gives medians over the repetitions.
 //! (needs `nats-server` on PATH or in `$PSL_NATS_SERVER`).
 
 use std::sync::Arc;
@@ -34,6 +36,7 @@ const VALUE_BYTES: usize = 1024;
 
 struct Args {
     records: usize,
+    repetitions: usize,
     threads: Vec<usize>,
     out: String,
 }
@@ -41,6 +44,7 @@ struct Args {
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         records: 2000,
+        repetitions: 3,
         threads: vec![1, 4],
         out: "bench-results/nats-store.json".to_string(),
     };
@@ -49,6 +53,7 @@ fn parse_args() -> Result<Args> {
         let value = iter.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--records" => args.records = value.parse().context("--records")?,
+            "--repetitions" => args.repetitions = value.parse().context("--repetitions")?,
             "--threads" => {
                 args.threads = value
                     .split(',')
@@ -174,13 +179,13 @@ fn row(store: &str, threads: usize, record_bytes: usize, measured: &Measured) ->
     })
 }
 
-fn jetstream_runs(
-    args: &Args,
-    label: &str,
-    sync_always: bool,
-    seed: &mut u64,
-    rows: &mut Vec<serde_json::Value>,
-) -> Result<()> {
+struct Target {
+    label: &'static str,
+    /// `None`: DirStore; `Some(cluster)`: JetStream R3 on that cluster.
+    cluster: Option<(NatsCluster, NatsConnection)>,
+}
+
+fn jetstream_target(label: &'static str, sync_always: bool) -> Result<Target> {
     let cluster = NatsCluster::start_with(ClusterOptions {
         servers: 3,
         sync_always,
@@ -190,25 +195,47 @@ fn jetstream_runs(
     let mut options = NatsOptions::with_servers(cluster.urls());
     options.request_timeout = Duration::from_secs(10);
     let conn = NatsConnection::connect(options).context("connect")?;
-    for &threads in &args.threads {
-        // A fresh capsule (stream) per run, so every run starts from an empty stream.
-        let run_capsule = TestCapsule::new(&format!("bench-{label}-{threads}"), *seed);
-        let (store, _) = JetStreamStore::open_or_create(
-            &conn,
-            &run_capsule.metadata,
-            JetStreamOptions {
-                replicas: 3,
-                ..JetStreamOptions::default()
-            },
-        )
-        .context("open stream")?;
-        let chains = chains(&run_capsule, threads, args.records, *seed);
-        *seed += 100;
-        let record_bytes = chains[0][1].len();
-        let measured = run(Arc::new(store), chains)?;
-        rows.push(row(label, threads, record_bytes, &measured));
+    Ok(Target {
+        label,
+        cluster: Some((cluster, conn)),
+    })
+}
+
+fn run_target(
+    target: &Target,
+    threads: usize,
+    records: usize,
+    seed: u64,
+) -> Result<(usize, Measured)> {
+    // A fresh capsule per run, so every run starts from an empty store.
+    let capsule = TestCapsule::new(&format!("bench-{seed}"), seed);
+    let chains = chains(&capsule, threads, records, seed);
+    let record_bytes = chains[0][1].len();
+    match &target.cluster {
+        None => {
+            let dir = tempfile::tempdir().context("tempdir")?;
+            let store = DirStore::create(dir.path(), &capsule.metadata, StoreOptions::default())
+                .context("create DirStore")?;
+            Ok((record_bytes, run(Arc::new(store), chains)?))
+        }
+        Some((_, conn)) => {
+            let (store, _) = JetStreamStore::open_or_create(
+                conn,
+                &capsule.metadata,
+                JetStreamOptions {
+                    replicas: 3,
+                    ..JetStreamOptions::default()
+                },
+            )
+            .context("open stream")?;
+            Ok((record_bytes, run(Arc::new(store), chains)?))
+        }
     }
-    Ok(())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn main() {
@@ -219,7 +246,6 @@ fn main() {
 
 fn real_main() -> Result<()> {
     let args = parse_args()?;
-    let capsule = TestCapsule::new("bench", 1);
     let mut rows = Vec::new();
     let mut seed = 1000u64;
     let server = std::process::Command::new(
@@ -234,42 +260,61 @@ fn real_main() -> Result<()> {
         args.records
     );
 
-    // DirStore, Always: fdatasync per append call.
-    for &threads in &args.threads {
-        let dir = tempfile::tempdir().context("tempdir")?;
-        let store = DirStore::create(dir.path(), &capsule.metadata, StoreOptions::default())
-            .context("create DirStore")?;
-        let chains = chains(&capsule, threads, args.records, seed);
-        seed += 100;
-        let record_bytes = chains[0][1].len();
-        let measured = run(Arc::new(store), chains)?;
-        rows.push(row(
-            "DirStore (Always: fdatasync per append)",
-            threads,
-            record_bytes,
-            &measured,
-        ));
+    let targets = vec![
+        Target {
+            label: "DirStore (Always: fdatasync per append)",
+            cluster: None,
+        },
+        jetstream_target("JetStream R3 (default sync)", false)?,
+        jetstream_target("JetStream R3 (sync_interval: always)", true)?,
+    ];
+    for repetition in 0..args.repetitions {
+        println!("repetition {}", repetition + 1);
+        for &threads in &args.threads {
+            for target in &targets {
+                seed += 100;
+                let (record_bytes, measured) = run_target(target, threads, args.records, seed)?;
+                let mut row = row(target.label, threads, record_bytes, &measured);
+                row["repetition"] = serde_json::json!(repetition + 1);
+                rows.push(row);
+            }
+        }
     }
-    jetstream_runs(
-        &args,
-        "JetStream R3 (default sync)",
-        false,
-        &mut seed,
-        &mut rows,
-    )?;
-    jetstream_runs(
-        &args,
-        "JetStream R3 (sync_interval: always)",
-        true,
-        &mut seed,
-        &mut rows,
-    )?;
-
+    let mut summary = Vec::new();
+    println!("medians over {} repetitions:", args.repetitions);
+    for &threads in &args.threads {
+        for target in &targets {
+            let mine: Vec<&serde_json::Value> = rows
+                .iter()
+                .filter(|row| row["store"] == target.label && row["threads"] == threads)
+                .collect();
+            let pick = |key: &str| {
+                let mut values: Vec<f64> =
+                    mine.iter().filter_map(|row| row[key].as_f64()).collect();
+                median(&mut values)
+            };
+            let (p50, p99, rate) = (pick("p50_us"), pick("p99_us"), pick("appends_per_s"));
+            println!(
+                "{:<44} threads {threads}  p50 {p50:>7.0} us  p99 {p99:>7.0} us  {rate:>8.0} appends/s",
+                target.label
+            );
+            summary.push(serde_json::json!({
+                "store": target.label,
+                "threads": threads,
+                "median_p50_us": p50,
+                "median_p99_us": p99,
+                "median_appends_per_s": rate,
+            }));
+        }
+    }
     let report = serde_json::json!({
         "benchmark": "record store append: 1 KiB records, one record per append call, acknowledged before the next",
         "server": server,
         "cluster": "3 nats-server processes on loopback, stream R3, file storage",
         "machine": "2 vCPU shared VM (numbers vary 10-30% run to run)",
+        "repetitions": args.repetitions,
+        "records_per_run": args.records,
+        "summary": summary,
         "rows": rows,
     });
     if let Some(parent) = std::path::Path::new(&args.out).parent() {
