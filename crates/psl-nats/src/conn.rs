@@ -17,6 +17,9 @@ use std::time::Duration;
 
 use crate::error::NatsError;
 
+/// Largest message this crate sends or accepts, whatever a server advertises (NATS's own
+/// recommended maximum of `max_payload`).
+pub const PAYLOAD_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Most servers in one connection's server list.
 pub const SERVERS_MAX: usize = 64;
 
@@ -193,9 +196,10 @@ impl NatsConnection {
         self.shared.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// The largest message (payload plus headers) the current server accepts.
+    /// The largest message (payload plus headers) the current server accepts, capped at
+    /// [`PAYLOAD_BYTES_MAX`] (the server's figure is not trusted to bound memory).
     pub fn max_payload(&self) -> usize {
-        self.shared.client.max_payload()
+        self.shared.client.max_payload().min(PAYLOAD_BYTES_MAX)
     }
 
     /// Runs `future` on the connection's runtime and waits for its output on this thread.

@@ -600,6 +600,28 @@ impl JetStreamStore {
             .map_err(runtime_gone(self.stream_name()))
     }
 
+    /// Runs a read, retrying server and connection failures (a stream leader election, a
+    /// reconnect) with backoff for up to `append_timeout`. Reads are idempotent.
+    fn retrying<T>(
+        &self,
+        mut read: impl FnMut() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(25);
+        loop {
+            match read() {
+                Err(StoreError::Io { op, path, source })
+                    if started.elapsed() < self.options.append_timeout =>
+                {
+                    tracing::debug!(op, path = %path.display(), %source, "read failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = backoff.saturating_mul(2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Fetches `seqs` concurrently, in order.
     fn fetch(
         &self,
@@ -625,14 +647,17 @@ impl JetStreamStore {
     /// stream's last sequence.
     fn catch_up(&self, inner: &mut Inner) -> Result<u64, StoreError> {
         let remote = self.remote.clone();
-        let last = self.run(async move { remote.last_sequence().await })??;
+        let last = self.retrying(|| {
+            let remote = remote.clone();
+            self.run(async move { remote.last_sequence().await })?
+        })?;
         while inner.cursor < last {
             let start = inner.cursor.saturating_add(1);
             let end = start.saturating_add(CATCH_UP_CHUNK - 1).min(last);
             let seqs: Vec<u64> = (start..=end)
                 .filter(|seq| !inner.acked_ahead.contains(seq))
                 .collect();
-            let messages = self.fetch(seqs)?;
+            let messages = self.retrying(|| self.fetch(seqs.clone()))?;
             self.replay(inner, messages);
             inner.cursor = end;
             inner.acked_ahead = inner.acked_ahead.split_off(&end.saturating_add(1));
@@ -791,7 +816,7 @@ impl JetStreamStore {
         entries: Vec<Entry>,
     ) -> Result<Vec<SealedRecord>, StoreError> {
         let seqs: Vec<u64> = entries.iter().map(|entry| entry.stream_seq).collect();
-        let messages = self.fetch(seqs)?;
+        let messages = self.retrying(|| self.fetch(seqs.clone()))?;
         let subject = self.remote.names.writer(&writer);
         let stream = self.stream_name();
         entries

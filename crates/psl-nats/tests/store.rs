@@ -445,6 +445,8 @@ fn r3_cluster_survives_sigkill_of_one_server() {
         let index: usize = victim.trim_start_matches('n').parse().unwrap();
         cluster.kill(index).unwrap();
         let at_kill = store.record_count();
+        // Reads during the failure (they retry through the election / reconnect).
+        assert_eq!(store.heads().unwrap().len(), 2);
         wait_for(at_kill + 60);
         cluster.restart(index).unwrap();
         let at_restart = store.record_count();
