@@ -593,3 +593,39 @@ system_account: SYS
 fn options_r1() -> JetStreamOptions {
     options(1)
 }
+
+/// Past the deduplication window, Nats-Msg-Id no longer stops a second copy; the expected
+/// last-subject-sequence check does: a stale handle re-appending records that are already in
+/// the stream is refused by the server, finds them, and nothing is stored twice.
+#[test]
+fn expected_subject_sequence_refuses_copies_after_the_duplicate_window() {
+    let Some(cluster) = NatsCluster::start_or_skip("expected_seq", ClusterOptions::default())
+    else {
+        return;
+    };
+    let conn = connect(&cluster);
+    let capsule = TestCapsule::new("nats-window", 10);
+    let short = JetStreamOptions {
+        duplicate_window: Duration::from_millis(200),
+        ..options(1)
+    };
+    let (store, _) =
+        JetStreamStore::open_or_create(&conn, &capsule.metadata, short.clone()).unwrap();
+    let (stale, _) = JetStreamStore::open(&conn, capsule.id(), short.clone()).unwrap();
+    let (_, a) = chain(&capsule, 1, 3, 10);
+    store.append(&a, Durability::Always).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let report = stale.append(&a, Durability::Always).unwrap();
+    assert_eq!(report.appended + report.duplicates, 4);
+    assert!(
+        stale.retry_counts().1 > 0,
+        "the server refused the stale copy"
+    );
+    let (fresh, report) = JetStreamStore::open(&conn, capsule.id(), short).unwrap();
+    assert_eq!(
+        (report.records, report.skipped),
+        (4, 0),
+        "no second copy stored"
+    );
+    assert_eq!(fresh.read_range(a[0].writer(), 0..10).unwrap(), a);
+}
