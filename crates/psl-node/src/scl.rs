@@ -25,7 +25,7 @@ use psl_scl::lock::{
     FencingToken, Grant, HolderId, LockConfig, LockError, LockName, Reply, Watermark,
 };
 use psl_scl::manager::{Effects, Manager};
-use psl_scl::replica::ReplicaLimits;
+use psl_scl::replica::{ColdStore, NoColdStore, ReplicaLimits};
 use psl_scl::worker::{Received, WorkerCore};
 use psl_store::{DirStore, Durability, RecordStore, StoreOptions};
 
@@ -79,6 +79,8 @@ struct Inner {
     next_worker: AtomicUsize,
     restarts: AtomicU64,
     lease_ms: u64,
+    /// Where memtable misses go (CapsuleDB later; today nothing is evicted, so nothing is there).
+    cold: Arc<dyn ColdStore>,
     /// Observers of every multicast record (tests audit what crosses the bus).
     taps: Mutex<Vec<mpsc::Sender<SealedRecord>>>,
 }
@@ -217,6 +219,7 @@ impl SclCluster {
             restarts: AtomicU64::new(0),
             lease_ms: lease_ms.max(1),
             taps: Mutex::new(Vec::new()),
+            cold: Arc::new(NoColdStore),
         }));
         for (index, rx) in receivers.into_iter().enumerate() {
             let inner = Arc::downgrade(&cluster.0);
@@ -857,7 +860,12 @@ impl SclSession {
 impl Session for SclSession {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         self.renew()?;
-        Ok(self.slot()?.core.replica().get(key).map(<[u8]>::to_vec))
+        let cold = Arc::clone(&self.inner().cold);
+        self.slot()?
+            .core
+            .replica_mut()
+            .get_through(key, cold.as_ref())
+            .map_err(|e| StateError::Unavailable(e.to_string()))
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError> {

@@ -53,12 +53,55 @@ impl Default for ReplicaLimits {
 /// Why a local write was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReplicaError {
-    /// The memtable is full (CapsuleDB eviction is not built yet).
+    /// The memtable is full (eviction to the cold tier comes with CapsuleDB).
     #[error("replica holds {0} keys, its limit")]
     Full(usize),
     /// Too many local updates wait for sealing; flush first.
     #[error("{0} local updates wait for sealing, the limit")]
     PendingFull(usize),
+}
+
+/// What the memtable says about a key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    /// The key's live value.
+    Hit(&'a [u8]),
+    /// The key was deleted (a tombstone is newer than anything colder storage holds).
+    Deleted,
+    /// The memtable has no entry: ask the cold tier ([`ColdStore`]).
+    Miss,
+}
+
+/// A committed entry held outside the memtable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ColdEntry {
+    /// Its version.
+    pub version: Version,
+    /// Its value; `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Why the cold tier could not answer.
+#[derive(Debug, thiserror::Error)]
+#[error("cold read: {0}")]
+pub struct ColdError(pub String);
+
+/// Where memtable misses go: the keys the memtable does not hold. CapsuleDB (the LSM of cold
+/// keys stored in the capsule) will implement it; until then every miss is an absent key
+/// ([`NoColdStore`]) and the memtable never evicts, so the two agree.
+pub trait ColdStore: Send + Sync {
+    /// The committed entry of `key`, if the cold tier holds one.
+    fn get(&self, key: &[u8]) -> Result<Option<ColdEntry>, ColdError>;
+}
+
+/// The cold tier of a replica that never evicts: every miss is an absent key.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoColdStore;
+
+impl ColdStore for NoColdStore {
+    fn get(&self, _key: &[u8]) -> Result<Option<ColdEntry>, ColdError> {
+        Ok(None)
+    }
 }
 
 /// What happened to a remote batch.
@@ -174,7 +217,38 @@ impl Replica {
         Ok(existed)
     }
 
-    /// Reads a key.
+    /// Looks a key up in the memtable, telling a miss (ask [`ColdStore`]) from a tombstone.
+    pub fn lookup(&self, key: &[u8]) -> Lookup<'_> {
+        match self.memtable.get(key) {
+            Some(Entry { value: Some(v), .. }) => Lookup::Hit(v),
+            Some(Entry { value: None, .. }) => Lookup::Deleted,
+            None => Lookup::Miss,
+        }
+    }
+
+    /// Reads a key, with a miss going to `cold`; a cold entry is merged into the memtable by
+    /// the same join as any update (so a newer update that arrives later still wins).
+    pub fn get_through(
+        &mut self,
+        key: &[u8],
+        cold: &dyn ColdStore,
+    ) -> Result<Option<Vec<u8>>, ColdError> {
+        match self.lookup(key) {
+            Lookup::Hit(v) => return Ok(Some(v.to_vec())),
+            Lookup::Deleted => return Ok(None),
+            Lookup::Miss => {}
+        }
+        let Some(entry) = cold.get(key)? else {
+            return Ok(None);
+        };
+        let value = entry.value.clone();
+        // Lamport's receive rule: a local write after this read must be newer than it.
+        self.observe_clock(entry.version.lamport);
+        self.merge(key, entry.version, entry.value);
+        Ok(value)
+    }
+
+    /// Reads a key (memtable only; see [`Self::get_through`]).
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.memtable.get(key).and_then(|e| e.value.as_deref())
     }
@@ -360,6 +434,38 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct OneCold(Vec<u8>, ColdEntry);
+
+    impl ColdStore for OneCold {
+        fn get(&self, key: &[u8]) -> Result<Option<ColdEntry>, ColdError> {
+            Ok((key == self.0.as_slice()).then(|| self.1.clone()))
+        }
+    }
+
+    #[test]
+    fn misses_go_to_the_cold_tier_and_the_join_still_decides() {
+        let writer = WriterId([1; 16]);
+        let mut r = Replica::new(writer, ReplicaLimits::default());
+        let cold = OneCold(
+            b"k".to_vec(),
+            ColdEntry {
+                version: Version { lamport: 5, writer },
+                value: Some(b"cold".to_vec()),
+            },
+        );
+        assert_eq!(r.lookup(b"k"), Lookup::Miss);
+        assert_eq!(
+            r.get_through(b"k", &cold).unwrap().as_deref(),
+            Some(&b"cold"[..])
+        );
+        assert_eq!(r.lookup(b"k"), Lookup::Hit(b"cold"));
+        assert_eq!(r.get_through(b"x", &NoColdStore).unwrap(), None);
+        // A local delete is newer than the cold entry: no resurrection from the cold tier.
+        r.delete(b"k").unwrap();
+        assert_eq!(r.lookup(b"k"), Lookup::Deleted);
+        assert_eq!(r.get_through(b"k", &cold).unwrap(), None);
+    }
 
     fn w(n: u8) -> WriterId {
         WriterId([n; 16])
