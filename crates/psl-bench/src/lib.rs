@@ -8,6 +8,7 @@
 //!
 //! The binary `psl-bench` is the command-line front end (`psl-bench kernels --help`).
 
+pub mod coldstart;
 pub mod kernels;
 pub mod locks;
 pub mod start;

@@ -32,6 +32,18 @@ enum Command {
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
     },
+    /// Cold start of the embedded cluster and the share of attestation and key provisioning.
+    ColdStart {
+        /// Workers per cluster.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Repetitions.
+        #[arg(long, default_value_t = 30)]
+        reps: u64,
+        /// Directory for coldstart.json and coldstart.md.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+    },
     /// Function start-up: cold compile, cached load, warm pooled invoke of `hello`, host-call cost.
     Start {
         /// Measured warm invocations.
@@ -110,6 +122,18 @@ fn main() -> anyhow::Result<()> {
                 serde_json::to_string_pretty(&scenarios)?,
             )?;
             std::fs::write(out.join("locks.md"), &table)?;
+            println!("{table}");
+            Ok(())
+        }
+        Command::ColdStart { workers, reps, out } => {
+            let steps = psl_bench::coldstart::run(workers, reps)?;
+            let table = psl_bench::coldstart::markdown(&steps);
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(
+                out.join("coldstart.json"),
+                serde_json::to_string_pretty(&steps)?,
+            )?;
+            std::fs::write(out.join("coldstart.md"), &table)?;
             println!("{table}");
             Ok(())
         }

@@ -860,11 +860,11 @@ impl SclSession {
 impl Session for SclSession {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         self.renew()?;
-        let cold = Arc::clone(&self.inner().cold);
+        let cold = &*self.cluster.0.cold;
         self.slot()?
             .core
             .replica_mut()
-            .get_through(key, cold.as_ref())
+            .get_through(key, cold)
             .map_err(|e| StateError::Unavailable(e.to_string()))
     }
 
