@@ -1,11 +1,14 @@
-//! SGX and TDX quote verification with `dcap-qvl` (pure Rust, ring backend, Intel's SGX root CA
-//! built in): quote signature, QE report, PCK chain, CRLs, TCB info and QE identity signatures
-//! and validity at the caller's `now`. Debug enclaves and service TDs are refused by `dcap-qvl`'s
-//! defaults.
+//! SGX and TDX quote verification. First [`crate::dcap_format`] checks the bytes no signature
+//! covers (sizes, certification types, the PCK chain's PEM and root, trailing data); then
+//! `dcap-qvl` (pure Rust, ring backend), given the Intel SGX Root CA pinned in
+//! [`crate::dcap_format::INTEL_SGX_ROOT_CA_DER`], checks the quote signature, QE report, PCK
+//! chain, CRLs, TCB info and QE identity signatures and validity at the caller's `now`. Debug
+//! enclaves and service TDs are refused by `dcap-qvl`'s defaults.
 
 use dcap_qvl::quote::{Quote, Report};
 use dcap_qvl::verify::QuoteVerifier;
 
+use crate::dcap_format::INTEL_SGX_ROOT_CA_DER;
 use crate::evidence::{Claims, DcapEvidence, EvidenceError, Tcb};
 use crate::types::{Measurement, Platform};
 
@@ -35,7 +38,29 @@ pub(crate) fn verify(
         .collateral
         .as_ref()
         .ok_or(EvidenceError::MissingCollateral(platform))?;
-    let verified = QuoteVerifier::new_prod()
+    // Cheap and before any signature: most tampering with unsigned bytes stops here.
+    let actual = crate::dcap_format::check(&evidence.quote)
+        .map_err(|error| EvidenceError::DcapFormat { platform, error })?;
+    if actual != platform {
+        return Err(EvidenceError::PlatformMismatch {
+            claimed: platform,
+            actual,
+        });
+    }
+    // `dcap-qvl` prefers a PCK chain in the collateral to the quote's own, which would leave the
+    // quote's chain (checked above) unverified; anyone can attach collateral, so drop it. The
+    // quotes accepted here always carry their chain (certification data type 5).
+    let stripped;
+    let collateral = if collateral.pck_certificate_chain.is_some() {
+        stripped = dcap_qvl::QuoteCollateralV3 {
+            pck_certificate_chain: None,
+            ..collateral.clone()
+        };
+        &stripped
+    } else {
+        collateral
+    };
+    let verified = QuoteVerifier::new(INTEL_SGX_ROOT_CA_DER.to_vec())
         .verify(&evidence.quote, collateral, now_s)
         .map_err(|error| EvidenceError::Dcap {
             platform,

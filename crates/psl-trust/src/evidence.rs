@@ -9,7 +9,9 @@
 //!   certificate (DER) of the chip that signed it; verified ARK → ASK → VCEK → report with the
 //!   AMD roots built into the `sev` crate.
 //! * `sgx` / `tdx`: [`DcapEvidence`], a DCAP quote and its collateral (Intel TCB info, QE
-//!   identity, CRLs); verified by `dcap-qvl` against Intel's SGX root CA at a caller-given time.
+//!   identity, CRLs); verified by `dcap-qvl` against Intel's SGX root CA (pinned here) at a
+//!   caller-given time, after psl-trust checked the quote's unsigned framing (exact sizes,
+//!   certification types, canonical PEM chain ending with that root, no trailing data).
 //!
 //! Verification checks only what the evidence proves (signatures, chains, freshness of the
 //! collateral); the application's expectations (measurements, TCB levels, simulated or not) are
@@ -129,6 +131,15 @@ pub enum EvidenceError {
         /// The platform the quote is from.
         actual: Platform,
     },
+    /// The quote's framing (sizes, certification data, PCK chain encoding, trailing bytes) is not
+    /// the exact format Intel's quoting enclaves write, so some bytes would escape verification.
+    #[error("{platform} quote is malformed or not canonical: {error}")]
+    DcapFormat {
+        /// SGX or TDX (as claimed by the evidence).
+        platform: Platform,
+        /// What is wrong.
+        error: DcapFormatError,
+    },
     /// `dcap-qvl` refused the quote (signature, certificate chain, collateral, CRL, expiry...).
     #[error("{platform} quote does not verify: {reason}")]
     Dcap {
@@ -137,6 +148,89 @@ pub enum EvidenceError {
         /// The verifier's reason.
         reason: String,
     },
+}
+
+/// Why a DCAP quote's framing is refused (checked by psl-trust before `dcap-qvl` verifies the
+/// signatures; see `docs/trust.md`, "Evidence").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DcapFormatError {
+    /// The quote ends inside a field, or a size field announces more than is left.
+    #[error("{what}: {needed} bytes needed, {available} left")]
+    Truncated {
+        /// The field or region.
+        what: &'static str,
+        /// Its (announced) length.
+        needed: usize,
+        /// The bytes left in the enclosing region.
+        available: usize,
+    },
+    /// Not one of the accepted formats (SGX quote v3, TDX quote v4).
+    #[error(
+        "quote version {version} with TEE type {tee_type:#x} is not supported (SGX v3 and TDX v4 are)"
+    )]
+    UnsupportedFormat {
+        /// The header's version.
+        version: u16,
+        /// The header's TEE type.
+        tee_type: u32,
+    },
+    /// The attestation key is not ECDSA P-256 (type 2).
+    #[error("attestation key type {0} is not supported (ECDSA P-256 is)")]
+    AttestationKeyType(u16),
+    /// A size field does not equal the length of what it announces.
+    #[error("{what} declares {declared} bytes but its contents take {used}")]
+    LengthMismatch {
+        /// The region.
+        what: &'static str,
+        /// Its size field.
+        declared: usize,
+        /// The length of its parsed contents.
+        used: usize,
+    },
+    /// A certification data type other than the one Intel's quoting enclaves write: 6 (QE report
+    /// certification data, outer, TDX v4) or 5 (PCK certificate chain, inner).
+    #[error("{which} certification data type {found}, expected {expected}")]
+    CertificationDataType {
+        /// `outer` or `inner`.
+        which: &'static str,
+        /// The expected type.
+        expected: u16,
+        /// The type in the quote.
+        found: u16,
+    },
+    /// Bytes after an SGX quote's signature data.
+    #[error("{len} bytes after the signature data")]
+    TrailingBytes {
+        /// How many.
+        len: usize,
+    },
+    /// The padding after a TDX quote's signature data is not all zero.
+    #[error("non-zero padding byte at offset {offset} after the signature data")]
+    NonZeroPadding {
+        /// Offset in the quote.
+        offset: usize,
+    },
+    /// The PCK certificate chain does not end with exactly one NUL after the last certificate.
+    #[error("the PCK certificate chain does not end with a NUL after the last certificate")]
+    PemNotTerminated,
+    /// A certificate of the chain is not the strict PEM encoding of its DER.
+    #[error("PCK chain certificate {index} is not canonical PEM: {reason}")]
+    PemNotCanonical {
+        /// Position in the chain (0 = PCK leaf).
+        index: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The chain does not hold exactly three certificates (PCK, its CA, Intel root).
+    #[error("the PCK certificate chain holds {found} certificates, expected 3")]
+    ChainLength {
+        /// How many were found (counting stops at 4).
+        found: usize,
+    },
+    /// The chain's last certificate is not the pinned Intel SGX Root CA.
+    #[error("the PCK certificate chain's root is not the pinned Intel SGX Root CA")]
+    RootMismatch,
 }
 
 /// What verified evidence says about the enclave. [`crate::Policy::check`] decides whether the
@@ -253,8 +347,8 @@ impl fmt::Display for SnpTcb {
     }
 }
 
-/// Trust anchors a verifier needs beyond the ones built into `sev` (AMD ARK/ASK) and
-/// `dcap-qvl` (Intel SGX root CA).
+/// Trust anchors a verifier needs beyond the built-in ones: the AMD ARK/ASK of the `sev` crate
+/// and the Intel SGX Root CA pinned by psl-trust (the same certificate `dcap-qvl` pins).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Anchors {
     /// Public keys of the simulated roots whose evidence is accepted (only consulted when the

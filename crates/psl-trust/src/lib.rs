@@ -38,6 +38,7 @@
 pub mod binding;
 pub mod collect;
 mod dcap;
+mod dcap_format;
 pub mod distribute;
 pub mod evidence;
 mod hexser;
@@ -56,7 +57,9 @@ pub use distribute::{
     DistributorConfig, EnrollError, KeyDistributor, PendingEnrollment, Provisioned,
     ProvisionedParts, Refusal, WorkerEnrollment,
 };
-pub use evidence::{Anchors, Claims, Evidence, EvidenceError, SnpProduct, SnpTcb, Tcb};
+pub use evidence::{
+    Anchors, Claims, DcapFormatError, Evidence, EvidenceError, SnpProduct, SnpTcb, Tcb,
+};
 pub use policy::{Policy, PolicyError, PolicyFileError};
 pub use prepare::{
     AttestedManager, ManagerEndpoint, OwnerSecret, PrepareClient, PrepareError, PrepareSession,

@@ -1,5 +1,5 @@
 //! Real evidence samples (copied from the `sev` and `dcap-qvl` crates, see fixtures/NOTICE.md):
-//! each verifies with its certificate chain or collateral, and a flipped byte anywhere refuses
+//! each verifies with its certificate chain or collateral, and a flipped bit in any byte refuses
 //! it with a typed error.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
 
@@ -211,50 +211,99 @@ fn dcap_samples_round_trip_through_json() {
     }
 }
 
-/// Flips one bit in every byte of the signed and signature parts of the quote (header, report
-/// body with measurements and report data, ECDSA signature, attestation key, QE report and its
-/// signature) and checks each flip is refused by dcap-qvl with a typed error.
-///
-/// Not covered, because dcap-qvl ignores them (see docs/trust.md): the unsigned framing after
-/// these parts, namely the PEM text of the embedded PCK chain (its line breaks, and its copy of
-/// the Intel root CA, which is replaced by the pinned root) and, in TDX v4 quotes, the
-/// authentication-data size and certification-data type fields. None of them changes what the
-/// quote attests.
-fn flipped_quotes_are_refused(
+/// Flips one bit (`mask`) in every byte of `range` of the quote and checks each flip is refused
+/// with a typed error: by psl-trust's framing check (sizes, certification data types, the PEM
+/// text and root of the PCK chain, trailing bytes) or by dcap-qvl (signatures, chains,
+/// collateral). Returns how many flips each of the two refused.
+fn flipped_bytes_are_refused(
     quote: &[u8],
     collateral: &[u8],
     tdx: bool,
-    ranges: &[std::ops::Range<usize>],
-) {
+    mask: u8,
+    range: std::ops::Range<usize>,
+) -> (usize, usize) {
     let platform = if tdx { Platform::Tdx } else { Platform::Sgx };
-    let mut checked = 0;
-    for index in ranges.iter().cloned().flatten() {
-        let mut bytes = quote.to_vec();
-        bytes[index] ^= 0x01;
-        let result = verify(&dcap(&bytes, collateral, tdx), DCAP_NOW);
-        assert!(
-            matches!(
-                &result,
-                Err(EvidenceError::Dcap { platform: p, .. }) if *p == platform
-            ) || matches!(&result, Err(EvidenceError::PlatformMismatch { .. })),
-            "byte {index}: {result:?}"
-        );
-        checked += 1;
+    let base = dcap(quote, collateral, tdx);
+    let (Evidence::Sgx(base) | Evidence::Tdx(base)) = base else {
+        unreachable!()
+    };
+    let (mut format, mut dcap_qvl) = (0, 0);
+    for index in range.clone() {
+        let mut evidence = base.clone();
+        evidence.quote[index] ^= mask;
+        let evidence = if tdx {
+            Evidence::Tdx(evidence)
+        } else {
+            Evidence::Sgx(evidence)
+        };
+        match verify(&evidence, DCAP_NOW) {
+            Err(EvidenceError::DcapFormat { platform: p, .. }) if p == platform => format += 1,
+            Err(EvidenceError::Dcap { platform: p, .. }) if p == platform => dcap_qvl += 1,
+            Err(EvidenceError::PlatformMismatch { .. }) => format += 1,
+            result => panic!("byte {index} ^ {mask:#x}: {result:?}"),
+        }
     }
-    assert!(checked > 600, "{checked}");
+    assert_eq!(format + dcap_qvl, range.len());
+    (format, dcap_qvl)
+}
+
+/// The PEM text of the quote's PCK chain.
+fn pem_range(quote: &[u8]) -> std::ops::Range<usize> {
+    let start = quote
+        .windows(27)
+        .position(|window| window == b"-----BEGIN CERTIFICATE-----")
+        .unwrap();
+    let end = quote.iter().rposition(|byte| *byte == b'\n').unwrap() + 1;
+    start..end
 }
 
 #[test]
-fn sgx_flipped_bytes_are_refused() {
-    // Header 0..48, enclave report 48..432, auth data size 432..436, signature 436..500,
-    // attestation key 500..564, QE report 564..948, QE report signature 948..1012.
-    flipped_quotes_are_refused(SGX_QUOTE, SGX_COLLATERAL, false, &[0..432, 432..1012]);
+fn sgx_every_flipped_byte_is_refused() {
+    // 4600 bytes: header, enclave report, signature data length, signature, attestation key,
+    // QE report and signature, QE auth data, certification type and size, PEM chain and its NUL.
+    let all = 0..SGX_QUOTE.len();
+    let (format, dcap_qvl) = flipped_bytes_are_refused(SGX_QUOTE, SGX_COLLATERAL, false, 0x01, all);
+    println!("SGX: {format} refused by the framing check, {dcap_qvl} by dcap-qvl");
+    // Swapping a base64 letter's case keeps the PEM well-formed: dcap-qvl must see the change.
+    let pem = pem_range(SGX_QUOTE);
+    let (format, dcap_qvl) = flipped_bytes_are_refused(SGX_QUOTE, SGX_COLLATERAL, false, 0x20, pem);
+    println!("SGX PEM ^ 0x20: {format} by the framing check, {dcap_qvl} by dcap-qvl");
 }
 
 #[test]
-fn tdx_flipped_bytes_are_refused() {
-    // Header 0..48, TD report 48..632; signature 636..700 and attestation key 700..764.
-    flipped_quotes_are_refused(TDX_QUOTE, TDX_COLLATERAL, true, &[0..632, 636..764]);
+fn tdx_every_flipped_byte_is_refused() {
+    // 5006 bytes: as SGX, plus the outer certification type 6 and size around the QE report
+    // certification data, and 70 bytes of zero padding after the signature data.
+    let all = 0..TDX_QUOTE.len();
+    let (format, dcap_qvl) = flipped_bytes_are_refused(TDX_QUOTE, TDX_COLLATERAL, true, 0x01, all);
+    println!("TDX: {format} refused by the framing check, {dcap_qvl} by dcap-qvl");
+    let pem = pem_range(TDX_QUOTE);
+    let (format, dcap_qvl) = flipped_bytes_are_refused(TDX_QUOTE, TDX_COLLATERAL, true, 0x20, pem);
+    println!("TDX PEM ^ 0x20: {format} by the framing check, {dcap_qvl} by dcap-qvl");
+}
+
+#[test]
+fn dcap_pck_chain_in_collateral_does_not_replace_the_quotes() {
+    // dcap-qvl verifies a PCK chain found in the collateral instead of the quote's own. Anyone
+    // can attach collateral: with the genuine chain there, a tampered (but well-formed) chain in
+    // the quote must still be refused.
+    let pem = pem_range(TDX_QUOTE);
+    let chain_start = pem.start;
+    let chain = std::str::from_utf8(&TDX_QUOTE[pem]).unwrap();
+    let mut collateral: serde_json::Value = serde_json::from_slice(TDX_COLLATERAL).unwrap();
+    collateral["pck_certificate_chain"] = serde_json::Value::String(chain.into());
+    let collateral = serde_json::to_vec(&collateral).unwrap();
+    verify(&dcap(TDX_QUOTE, &collateral, true), DCAP_NOW).unwrap();
+    // Swap the case of one base64 letter inside the PCK leaf's signed part: still canonical PEM.
+    let index = chain_start + 28 + 64 * 5 + 10;
+    assert!(TDX_QUOTE[index].is_ascii_alphabetic());
+    let mut quote = TDX_QUOTE.to_vec();
+    quote[index] ^= 0x20;
+    let result = verify(&dcap(&quote, &collateral, true), DCAP_NOW);
+    assert!(
+        matches!(result, Err(EvidenceError::Dcap { .. })),
+        "{result:?}"
+    );
 }
 
 #[test]
