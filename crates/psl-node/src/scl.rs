@@ -79,6 +79,8 @@ struct Inner {
     next_worker: AtomicUsize,
     restarts: AtomicU64,
     lease_ms: u64,
+    /// The manager's records on their way to the store and the bus, in chain order.
+    appender: Mutex<mpsc::Sender<AppendJob>>,
     /// Where memtable misses go (CapsuleDB later; today nothing is evicted, so nothing is there).
     cold: Arc<dyn ColdStore>,
     /// Observers of every multicast record (tests audit what crosses the bus).
@@ -205,6 +207,7 @@ impl SclCluster {
                 inbox: Mutex::new(tx),
             }));
         }
+        let (append_tx, append_rx) = mpsc::channel();
         let cluster = SclCluster(Arc::new(Inner {
             store,
             metadata,
@@ -220,7 +223,15 @@ impl SclCluster {
             lease_ms: lease_ms.max(1),
             taps: Mutex::new(Vec::new()),
             cold: Arc::new(NoColdStore),
+            appender: Mutex::new(append_tx),
         }));
+        {
+            let inner = Arc::downgrade(&cluster.0);
+            std::thread::Builder::new()
+                .name("psl-scl-appender".into())
+                .spawn(move || append_loop(&inner, &append_rx))
+                .map_err(|e| ClusterError::Setup(e.to_string()))?;
+        }
         for (index, rx) in receivers.into_iter().enumerate() {
             let inner = Arc::downgrade(&cluster.0);
             std::thread::Builder::new()
@@ -318,6 +329,9 @@ impl SclCluster {
             let _ = self.0.flush_worker(index, None, None);
         }
         let deadline = Instant::now() + wait;
+        if !self.0.drain_appender(wait) {
+            return false;
+        }
         let Ok(heads) = self.0.store.heads() else {
             return false;
         };
@@ -354,25 +368,38 @@ impl Inner {
     /// Runs `call` on the manager and carries out the shell's half of the manager contract:
     /// its records are appended (in chain order, so under the manager lock) and multicast
     /// before any grant reaches a holder.
+    ///
+    /// The manager's records go, in chain order (queued under the manager lock), to the
+    /// appender thread, which appends each durably and then multicasts it; grants are delivered
+    /// at once. That keeps the contract: every grant's watermark names the manager's head, so
+    /// its holder does not proceed before it applied those records, which it only receives once
+    /// they are durable. The caller does not wait for the fsync of a verdict nobody waits for.
     fn with_manager<T>(
         &self,
         call: impl FnOnce(&mut Manager, u64) -> Result<(T, Effects), StateError>,
     ) -> Result<T, StateError> {
-        let (value, effects) = {
+        let (value, grants) = {
             let mut manager = self.manager.lock();
             let (value, effects) = call(&mut manager, self.now_ms())?;
-            for chunk in append_chunks(&effects.records) {
-                self.store
-                    .append(chunk, Durability::Always)
-                    .map_err(|e| StateError::Unavailable(format!("record store: {e}")))?;
+            if !effects.records.is_empty() {
+                self.appender
+                    .lock()
+                    .send(AppendJob::Records(effects.records))
+                    .map_err(|_| StateError::Unavailable("manager appender stopped".into()))?;
             }
-            (value, effects)
+            (value, effects.grants)
         };
-        for record in &effects.records {
-            self.broadcast(record);
-        }
-        self.publish_grants(effects.grants);
+        self.publish_grants(grants);
         Ok(value)
+    }
+
+    /// Waits until every manager record queued so far is durable and multicast.
+    fn drain_appender(&self, wait: Duration) -> bool {
+        let (tx, rx) = mpsc::channel();
+        if self.appender.lock().send(AppendJob::Barrier(tx)).is_err() {
+            return false;
+        }
+        rx.recv_timeout(wait).is_ok()
     }
 
     fn publish_grants(&self, grants: Vec<Grant>) {
@@ -481,17 +508,17 @@ impl Inner {
         }
         let mut watermark = Watermark::new();
         watermark.observe(flushed.writer, flushed.head);
-        let now = self.now_ms();
         for (lock, token, holder) in &flushed.still_held {
             let name = LockName::new(lock.clone()).map_err(|e| lock_error(b"", e))?;
-            let acknowledged = self.manager.lock().acknowledge_flush(
-                now,
-                *holder,
-                &name,
-                FencingToken(*token),
-                &watermark,
-            );
-            acknowledged.map_err(|e| fenced_or(name.as_bytes(), e))?;
+            self.with_manager(|manager, now| {
+                let (_, effects) = manager
+                    .acknowledge_flush(now, *holder, &name, FencingToken(*token), &watermark)
+                    .map_err(|e| match e {
+                        psl_scl::manager::ManagerError::Lock(e) => fenced_or(name.as_bytes(), e),
+                        other => lock_error(name.as_bytes(), other),
+                    })?;
+                Ok(((), effects))
+            })?;
         }
         Ok(())
     }
@@ -541,6 +568,41 @@ impl Inner {
         }
         tracing::info!(worker = index, "worker restarted from the record store");
         Ok(())
+    }
+}
+
+enum AppendJob {
+    Records(Vec<SealedRecord>),
+    Barrier(mpsc::Sender<()>),
+}
+
+fn append_loop(inner: &std::sync::Weak<Inner>, jobs: &mpsc::Receiver<AppendJob>) {
+    while let Ok(job) = jobs.recv() {
+        match job {
+            AppendJob::Barrier(done) => {
+                let _ = done.send(());
+            }
+            AppendJob::Records(records) => {
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                let mut appended = true;
+                for chunk in append_chunks(&records) {
+                    if let Err(e) = inner.store.append(chunk, Durability::Always) {
+                        // The store poisons itself after a failed fsync; holders waiting for
+                        // these records time out rather than proceed without them.
+                        tracing::error!(%e, "appending the manager's records failed");
+                        appended = false;
+                        break;
+                    }
+                }
+                if appended {
+                    for record in &records {
+                        inner.broadcast(record);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -946,6 +1008,12 @@ impl Session for SclSession {
                     return Err(e);
                 }
             };
+            if !slot.core.note_grant(grant.name.as_bytes(), grant.token.0) {
+                // The lease ended before this session could use the grant.
+                return Err(StateError::LockTimeout(
+                    String::from_utf8_lossy(name).into_owned(),
+                ));
+            }
             slot.held.insert(
                 (grant.name.as_bytes().to_vec(), grant.token.0),
                 HeldGrant {
@@ -953,7 +1021,6 @@ impl Session for SclSession {
                     sealed_under: false,
                 },
             );
-            slot.core.note_grant(grant.name.as_bytes(), grant.token.0);
         }
         self.held.push(HeldLock {
             name: grant.name.clone(),

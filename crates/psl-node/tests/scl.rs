@@ -262,3 +262,58 @@ fn a_holder_stalled_past_its_lease_is_fenced_and_its_write_never_applies() {
     }
     assert!(cluster.restarts() >= 1, "worker 0 should have restarted");
 }
+
+/// A holder that flushes inside its critical section and then waits for another lock must not
+/// block whoever needs its flushed records: the acknowledged flush commits them at once (a
+/// partial verdict), instead of at its release, which would never come (a deadlock).
+#[test]
+fn flushing_then_waiting_for_another_lock_does_not_deadlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = SclCluster::start(&dir.path().join("capsule"), 2).unwrap();
+    let wait = Duration::from_secs(5);
+    let mut holder = cluster.worker(0).session();
+    holder
+        .lock(b"M", psl_runtime::LockMode::Write, wait)
+        .unwrap();
+    holder.put(b"m", b"flushed under M").unwrap();
+    holder.flush().unwrap();
+    // Another session on the same worker releases L with the worker's head, which includes
+    // the record flushed under M.
+    let mut other = cluster.worker(0).session();
+    other
+        .lock(b"L", psl_runtime::LockMode::Write, wait)
+        .unwrap();
+    other.put(b"l", b"1").unwrap();
+    other.unlock(b"L").unwrap();
+    other.finish().unwrap();
+    // A session on worker 1 takes L: it must apply that head, M's record included.
+    let next = {
+        let cluster = cluster.clone();
+        std::thread::spawn(move || {
+            let mut session = cluster.worker(1).session();
+            session.lock(b"L", psl_runtime::LockMode::Write, wait)?;
+            let seen = session.get(b"m")?;
+            std::thread::sleep(Duration::from_millis(50));
+            session.unlock(b"L")?;
+            Ok::<_, psl_runtime::StateError>(seen)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    // Meanwhile the holder of M waits for L.
+    let started = std::time::Instant::now();
+    holder
+        .lock(b"L", psl_runtime::LockMode::Write, wait)
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    holder.unlock(b"L").unwrap();
+    holder.unlock(b"M").unwrap();
+    holder.finish().unwrap();
+    assert_eq!(
+        next.join().unwrap().unwrap().as_deref(),
+        Some(&b"flushed under M"[..])
+    );
+}

@@ -56,8 +56,12 @@ pub struct LockVerdict {
     pub lock: Vec<u8>,
     /// The grant's fencing token.
     pub token: u64,
-    /// Records of each writer up to this are committed under the grant; later ones are not.
+    /// Records of each writer up to this are committed under the grant.
     pub committed: Watermark,
+    /// True when the grant has ended (released, expired or forgotten): later records are not
+    /// committed. False for an acknowledged flush while the grant is held: records up to
+    /// `committed` commit whatever happens next, later ones wait for the final verdict.
+    pub settled: bool,
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -136,6 +140,7 @@ pub fn encode_verdicts(verdicts: &[LockVerdict]) -> Result<Vec<u8>, ControlError
         put_u32(&mut out, verdict.lock.len())?;
         out.extend_from_slice(&verdict.lock);
         out.extend_from_slice(&verdict.token.to_le_bytes());
+        out.push(u8::from(verdict.settled));
         put_u32(&mut out, verdict.committed.len())?;
         for (writer, seq) in verdict.committed.iter() {
             out.extend_from_slice(&writer.0);
@@ -149,7 +154,7 @@ pub fn encode_verdicts(verdicts: &[LockVerdict]) -> Result<Vec<u8>, ControlError
 pub fn decode_verdicts(bytes: &[u8]) -> Result<Vec<LockVerdict>, ControlError> {
     let mut r = Reader(bytes);
     r.version()?;
-    let n = r.count(VERDICTS_PER_RECORD_MAX, 16)?;
+    let n = r.count(VERDICTS_PER_RECORD_MAX, 17)?;
     let mut verdicts = Vec::with_capacity(n);
     for _ in 0..n {
         let len = r.u32()?;
@@ -158,6 +163,11 @@ pub fn decode_verdicts(bytes: &[u8]) -> Result<Vec<LockVerdict>, ControlError> {
         }
         let lock = r.take(len)?.to_vec();
         let token = r.u64()?;
+        let settled = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(ControlError::Malformed("settled flag is not 0 or 1")),
+        };
         let writers = r.count(VERDICT_WRITERS_MAX, 24)?;
         let mut committed = Watermark::new();
         for _ in 0..writers {
@@ -168,6 +178,7 @@ pub fn decode_verdicts(bytes: &[u8]) -> Result<Vec<LockVerdict>, ControlError> {
             lock,
             token,
             committed,
+            settled,
         });
     }
     r.end()?;
@@ -347,6 +358,7 @@ impl Manager {
                 lock: name.as_bytes().to_vec(),
                 token: token.0,
                 committed,
+                settled: true,
             }])?;
         }
         effects.grants = grants.into_iter().map(|g| self.stamp(g)).collect();
@@ -364,7 +376,10 @@ impl Manager {
         self.locks.renew(now_ms, holder, name, token)
     }
 
-    /// Acknowledge a flush under a grant (see [`LockService::acknowledge_flush`]).
+    /// Acknowledge a flush under a grant (see [`LockService::acknowledge_flush`]): returns the
+    /// new lease end and a partial verdict record, so other replicas apply the flushed records
+    /// now instead of at the release (a holder that flushes and then waits for another lock
+    /// would otherwise block whoever waits for its flushed records).
     pub fn acknowledge_flush(
         &mut self,
         now_ms: u64,
@@ -372,9 +387,23 @@ impl Manager {
         name: &LockName,
         token: FencingToken,
         watermark: &Watermark,
-    ) -> Result<u64, LockError> {
-        self.locks
-            .acknowledge_flush(now_ms, holder, name, token, watermark)
+    ) -> Result<(u64, Effects), ManagerError> {
+        let lease = self
+            .locks
+            .acknowledge_flush(now_ms, holder, name, token, watermark)?;
+        let records = self.seal_verdicts(&[LockVerdict {
+            lock: name.as_bytes().to_vec(),
+            token: token.0,
+            committed: watermark.clone(),
+            settled: false,
+        }])?;
+        Ok((
+            lease,
+            Effects {
+                records,
+                ..Effects::default()
+            },
+        ))
     }
 
     /// Cancel a request (see [`LockService::cancel`]). A cancelled grant had no writes (its
@@ -410,6 +439,7 @@ impl Manager {
                         lock: name.as_bytes().to_vec(),
                         token: token.0,
                         committed: acknowledged,
+                        settled: true,
                     });
                     effects.expired.push((name, holder, token));
                 }
@@ -478,11 +508,13 @@ mod tests {
                 lock: b"bank".to_vec(),
                 token: 42,
                 committed,
+                settled: true,
             },
             LockVerdict {
                 lock: Vec::new(),
                 token: 1,
                 committed: Watermark::new(),
+                settled: false,
             },
         ];
         let bytes = encode_verdicts(&verdicts).unwrap();

@@ -94,6 +94,8 @@ pub struct WorkerCore {
     last_sealed_lamport: u64,
     /// Lock-service verdicts: for `(lock, token)`, the records committed under that grant.
     verdicts: BTreeMap<(Vec<u8>, u64), Watermark>,
+    /// Acknowledged flushes of grants still held: records up to these commit already.
+    acknowledged: BTreeMap<(Vec<u8>, u64), Watermark>,
     /// Per writer, the verified record that waits for a verdict (its successors wait, still
     /// unverified, in the reorder buffer, so they can be fetched again if it overflows).
     held: BTreeMap<WriterId, (u64, Batch)>,
@@ -155,6 +157,7 @@ impl WorkerCore {
             rejected: 0,
             last_sealed_lamport: GENESIS_LAMPORT,
             verdicts: BTreeMap::new(),
+            acknowledged: BTreeMap::new(),
             held: BTreeMap::new(),
             fenced_refused: 0,
             manager: None,
@@ -195,14 +198,15 @@ impl WorkerCore {
     }
 
     /// A session on this worker was granted `(lock, token)`: from now on its writes are
-    /// sealed under that fence (the shell passes it to [`Self::seal`]).
-    pub fn note_grant(&mut self, lock: &[u8], token: u64) {
-        if !self.verdicts.contains_key(&(lock.to_vec(), token)) {
-            self.own_grant((lock.to_vec(), token));
-        } else {
-            // Settled before the session even saw it: it expired unseen.
-            self.poisoned = true;
+    /// sealed under that fence (the shell passes it to [`Self::seal`]). Returns false if the
+    /// grant is already settled (its lease ended before the session saw it): the session must
+    /// not use it.
+    pub fn note_grant(&mut self, lock: &[u8], token: u64) -> bool {
+        if self.verdicts.contains_key(&(lock.to_vec(), token)) {
+            return false;
         }
+        self.own_grant((lock.to_vec(), token));
+        true
     }
 
     /// The session released `(lock, token)` after its final flush: nothing more is sealed
@@ -312,7 +316,11 @@ impl WorkerCore {
         };
         let mut more = self.drain_buffer(writer, validity);
         while let Some(verdict) = self.pending_verdicts.pop() {
-            more += self.on_verdict(&verdict.lock, verdict.token, verdict.committed, validity);
+            more += if verdict.settled {
+                self.on_verdict(&verdict.lock, verdict.token, verdict.committed, validity)
+            } else {
+                self.on_acknowledged(&verdict.lock, verdict.token, &verdict.committed, validity)
+            };
         }
         if first + more > 0 {
             Received::Applied {
@@ -466,9 +474,14 @@ impl WorkerCore {
         }
         let mut complete = true;
         for fence in fences {
-            match self.verdicts.get(&(fence.lock.clone(), fence.token)) {
+            let key = (fence.lock.clone(), fence.token);
+            match self.verdicts.get(&key) {
                 Some(verdict) if verdict.covers(&writer, seq) => {}
                 Some(_) => return Decision::Refuse,
+                None if self
+                    .acknowledged
+                    .get(&key)
+                    .is_some_and(|ack| ack.covers(&writer, seq)) => {}
                 None => complete = false,
             }
         }
@@ -477,6 +490,29 @@ impl WorkerCore {
         } else {
             Decision::Hold
         }
+    }
+
+    /// Takes an acknowledged flush under the grant `(lock, token)`, which is still held: records
+    /// up to `committed` commit now (an acknowledged flush is never revoked). Applies what
+    /// waited for it; returns the records applied.
+    pub fn on_acknowledged(
+        &mut self,
+        lock: &[u8],
+        token: u64,
+        committed: &Watermark,
+        validity: Validity,
+    ) -> usize {
+        let key = (lock.to_vec(), token);
+        if self.verdicts.contains_key(&key) {
+            return 0; // already settled: the final verdict includes every acknowledgement
+        }
+        if self.acknowledged.len() >= VERDICTS_MAX && !self.acknowledged.contains_key(&key) {
+            if let Some(oldest) = self.acknowledged.keys().min_by_key(|(_, t)| *t).cloned() {
+                self.acknowledged.remove(&oldest);
+            }
+        }
+        self.acknowledged.entry(key).or_default().merge(committed);
+        self.redecide_held(validity)
     }
 
     /// Takes the lock service's verdict on the grant `(lock, token)`: the records of each
@@ -506,7 +542,13 @@ impl WorkerCore {
                 self.poisoned = true;
             }
         }
+        self.acknowledged.remove(&(lock.to_vec(), token));
         self.verdicts.insert((lock.to_vec(), token), committed);
+        self.redecide_held(validity)
+    }
+
+    /// Decides again every record that waits for verdicts; applies or refuses what is decided.
+    fn redecide_held(&mut self, validity: Validity) -> usize {
         let waiting: Vec<WriterId> = self.held.keys().copied().collect();
         let mut applied = 0;
         for writer in waiting {
