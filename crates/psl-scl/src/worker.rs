@@ -506,10 +506,11 @@ impl WorkerCore {
         if self.verdicts.contains_key(&key) {
             return 0; // already settled: the final verdict includes every acknowledgement
         }
-        if self.acknowledged.len() >= VERDICTS_MAX && !self.acknowledged.contains_key(&key) {
-            if let Some(oldest) = self.acknowledged.keys().min_by_key(|(_, t)| *t).cloned() {
-                self.acknowledged.remove(&oldest);
-            }
+        if self.acknowledged.len() >= VERDICTS_MAX
+            && !self.acknowledged.contains_key(&key)
+            && let Some(oldest) = self.acknowledged.keys().min_by_key(|(_, t)| *t).cloned()
+        {
+            self.acknowledged.remove(&oldest);
         }
         self.acknowledged.entry(key).or_default().merge(committed);
         self.redecide_held(validity)
