@@ -462,9 +462,19 @@ impl Inner {
             let writer = slot.core.replica().writer();
             let head = slot.core.replica().applied(&writer);
             // Append under the slot lock so this worker's records reach the store in order.
-            for chunk in append_chunks(&records) {
+            // One fsync per flush, shared with concurrent flushes of other workers and the
+            // manager's appender (group commit): earlier chunks are written without one (the
+            // store syncs a segment when it rotates to the next), the last one makes all durable.
+            let chunks = append_chunks(&records);
+            let last = chunks.len().saturating_sub(1);
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                let durability = if i == last {
+                    Durability::Batch
+                } else {
+                    Durability::Never
+                };
                 self.store
-                    .append(chunk, Durability::Always)
+                    .append(chunk, durability)
                     .map_err(|e| StateError::Unavailable(format!("record store: {e}")))?;
             }
             let mut released_fenced = false;
@@ -588,7 +598,7 @@ fn append_loop(inner: &std::sync::Weak<Inner>, jobs: &mpsc::Receiver<AppendJob>)
                 };
                 let mut appended = true;
                 for chunk in append_chunks(&records) {
-                    if let Err(e) = inner.store.append(chunk, Durability::Always) {
+                    if let Err(e) = inner.store.append(chunk, Durability::Batch) {
                         // The store poisons itself after a failed fsync; holders waiting for
                         // these records time out rather than proceed without them.
                         tracing::error!(%e, "appending the manager's records failed");

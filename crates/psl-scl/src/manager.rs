@@ -247,9 +247,14 @@ pub struct Manager {
     locks: LockService,
     writer: CapsuleWriter,
     lamport: u64,
-    /// Whether each held grant had fenced records sealed under it that need a verdict.
     verdicts_issued: u64,
+    /// Per lock, the manager seq of its latest expiry verdict (see `stamp`).
+    last_expiry: BTreeMap<LockName, u64>,
+    expiry_floor: u64,
 }
+
+/// Locks whose latest expiry the manager remembers individually.
+const LAST_EXPIRY_MAX: usize = 65_536;
 
 impl Manager {
     /// Starts the manager's chain; returns it with its genesis record (publish it first).
@@ -269,6 +274,8 @@ impl Manager {
                 writer,
                 lamport: GENESIS_LAMPORT,
                 verdicts_issued: 0,
+                last_expiry: BTreeMap::new(),
+                expiry_floor: 0,
             },
             genesis,
         ))
@@ -294,11 +301,34 @@ impl Manager {
         self.verdicts_issued
     }
 
-    /// Every grant names the manager's head: the holder applies all verdicts issued so far
-    /// before it proceeds.
+    /// A grant after an expiry of the same lock names the manager's record of that expiry
+    /// verdict: the new holder must not proceed before its worker learned of the expiry (a
+    /// worker whose session held the expired grant has that session's unsealed writes in its
+    /// replica; the verdict poisons it before another session there reads them). Records of
+    /// released holders need no stamp: the grant's watermark names them, and a replica counts
+    /// a fenced record as applied only once its verdict arrived.
     fn stamp(&self, mut grant: Grant) -> Grant {
-        grant.watermark.observe(self.writer_id(), self.head_seq());
+        let seq = self
+            .last_expiry
+            .get(&grant.name)
+            .copied()
+            .unwrap_or(self.expiry_floor);
+        if seq > 0 {
+            grant.watermark.observe(self.writer_id(), seq);
+        }
         grant
+    }
+
+    fn note_expiry(&mut self, name: LockName) {
+        let seq = self.head_seq();
+        if self.last_expiry.len() >= LAST_EXPIRY_MAX
+            && !self.last_expiry.contains_key(&name)
+            && let Some((_, evicted)) = self.last_expiry.pop_first()
+        {
+            // Bounded: a forgotten lock is stamped with the highest evicted seq (conservative).
+            self.expiry_floor = self.expiry_floor.max(evicted);
+        }
+        self.last_expiry.insert(name, seq);
     }
 
     fn seal(&mut self, kind: RecordKind, body: &[u8]) -> Result<SealedRecord, ManagerError> {
@@ -448,6 +478,10 @@ impl Manager {
         }
         // Seal first, so the grants name the verdicts' records.
         effects.records = self.seal_verdicts(&verdicts)?;
+        let expired: Vec<LockName> = effects.expired.iter().map(|(n, _, _)| n.clone()).collect();
+        for name in expired {
+            self.note_expiry(name);
+        }
         effects.grants = grants.into_iter().map(|g| self.stamp(g)).collect();
         Ok(effects)
     }
