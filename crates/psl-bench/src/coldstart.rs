@@ -63,9 +63,20 @@ pub fn run(workers: usize, reps: u64) -> anyhow::Result<Vec<Step>> {
         restart.record(began.elapsed().as_nanos() as u64)?;
     }
     Ok(vec![
-        step("prepare phase (owner attests manager, provisions secret)", &prepare),
-        step("enroll one worker (mutual attestation, certificate, data key)", &enroll),
-        step(&format!("SclCluster::start, {workers} workers (all of the above + store + genesis records)"), &start),
+        step(
+            "prepare phase (owner attests manager, provisions secret)",
+            &prepare,
+        ),
+        step(
+            "enroll one worker (mutual attestation, certificate, data key)",
+            &enroll,
+        ),
+        step(
+            &format!(
+                "SclCluster::start, {workers} workers (all of the above + store + genesis records)"
+            ),
+            &start,
+        ),
         step("restart one worker (enroll + replay the store)", &restart),
     ])
 }

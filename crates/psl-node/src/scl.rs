@@ -371,9 +371,8 @@ impl Inner {
     ///
     /// The manager's records go, in chain order (queued under the manager lock), to the
     /// appender thread, which appends each durably and then multicasts it; grants are delivered
-    /// at once. That keeps the contract: every grant's watermark names the manager's head, so
-    /// its holder does not proceed before it applied those records, which it only receives once
-    /// they are durable. The caller does not wait for the fsync of a verdict nobody waits for.
+    /// at once. That keeps the contract: a holder does not proceed before it applied the
+    /// verdicts its grant depends on, which it only receives once they are durable. The caller does not wait for the fsync of a verdict nobody waits for.
     fn with_manager<T>(
         &self,
         call: impl FnOnce(&mut Manager, u64) -> Result<(T, Effects), StateError>,

@@ -7,11 +7,13 @@
 //! grant says whether it committed. Putting verdicts on the manager's signed, hash-chained,
 //! durable chain means every replica (and a worker replaying the store after a restart, and
 //! CapsuleDB) gets the same verdicts in the same order, with gap repair and fork detection for
-//! free. Every grant's watermark names the manager's chain head, so a new holder does not
-//! proceed before it applied every verdict issued so far (release consistency).
+//! free. A new holder does not proceed before it applied the verdicts on the records its grant's
+//! watermark names (a fenced record counts as applied only with its verdict), and a grant after
+//! an expiry of the same lock names that verdict's record (release consistency).
 //!
-//! The shell's contract: make [`Effects::records`] durable in the record store and multicast
-//! them **before** delivering [`Effects::grants`] to their holders.
+//! The shell's contract: multicast [`Effects::records`] only once they are durable in the
+//! record store, in chain order. Grants may be delivered at once: their holders wait for the
+//! records they depend on.
 //!
 //! Must never: do IO, read a clock (time is `now_ms`), or panic on a request.
 
@@ -351,7 +353,7 @@ impl Manager {
         Ok(records)
     }
 
-    /// Acquire (see [`LockService::acquire`]); a grant names the manager's head.
+    /// Acquire (see [`LockService::acquire`]); a grant names the lock's latest expiry verdict.
     pub fn acquire(
         &mut self,
         now_ms: u64,
