@@ -128,6 +128,10 @@ fn start_core(
     )
     .map_err(|e| ClusterError::Setup(e.to_string()))?;
     core.set_manager(manager);
+    if let Some(list) = trust.revocation_list() {
+        core.apply_revocations(&list)
+            .map_err(|e| ClusterError::Setup(e.to_string()))?;
+    }
     Ok((core, genesis))
 }
 
@@ -292,6 +296,45 @@ impl SclCluster {
         let (tx, rx) = mpsc::channel();
         self.0.taps.lock().push(tx);
         rx
+    }
+
+    /// The writer id of worker `index`'s current incarnation.
+    pub fn writer_of(&self, index: usize) -> WriterId {
+        self.0.workers[index % self.0.workers.len()]
+            .slot
+            .lock()
+            .core
+            .replica()
+            .writer()
+    }
+
+    /// Records refused by each worker's replica (forged, tampered, revoked writers, ...).
+    pub fn rejected(&self) -> Vec<u64> {
+        self.0
+            .workers
+            .iter()
+            .map(|w| w.slot.lock().core.rejected())
+            .collect()
+    }
+
+    /// Revokes a writer incarnation: the manager issues a new owner-signed revocation list and
+    /// every worker (and every later incarnation) refuses that writer's records from now on.
+    pub fn revoke_writer(&self, writer: WriterId) -> Result<(), ClusterError> {
+        let list = self
+            .0
+            .trust
+            .lock()
+            .revoke(writer)
+            .ok_or_else(|| ClusterError::Setup("revocation table full".into()))?;
+        for worker in &self.0.workers {
+            worker
+                .slot
+                .lock()
+                .core
+                .apply_revocations(&list)
+                .map_err(|e| ClusterError::Setup(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// What the owner verified about the manager at start (the prepare phase).

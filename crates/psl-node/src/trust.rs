@@ -222,6 +222,17 @@ impl ManagerTrust {
         Ok(provisioned.into_parts())
     }
 
+    /// Revokes a writer: returns the owner-signed revocation list to apply at every verifier
+    /// (`None` if the revocation table is full).
+    pub fn revoke(&mut self, writer: psl_capsule::WriterId) -> Option<psl_capsule::RevocationList> {
+        self.distributor.revoke(writer)
+    }
+
+    /// The current revocation list, if anything was revoked.
+    pub fn revocation_list(&self) -> Option<psl_capsule::RevocationList> {
+        self.distributor.revocation_list()
+    }
+
     /// Answers a client's prepare challenge (`psl attest`): the manager's evidence bound to its
     /// channel key and the client's nonce.
     pub fn offer(&self, challenge: &[u8]) -> Result<Vec<u8>, TrustError> {

@@ -88,3 +88,50 @@ fn pinned_functions_run_and_others_are_refused_before_compiling() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn a_revoked_worker_is_refused_by_every_other_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = SclCluster::start_with_trust(
+        &dir.path().join("capsule"),
+        3,
+        LEASE_MS,
+        SimTrust::generate().unwrap(),
+    )
+    .unwrap();
+    let wait = std::time::Duration::from_secs(10);
+    use psl_runtime::State;
+    // Before the revocation, worker 2's writes reach everyone.
+    let mut session = cluster.worker(2).session();
+    session.put(b"before", b"1").unwrap();
+    session.finish().unwrap();
+    assert!(cluster.settle(wait));
+    let revoked = cluster.writer_of(2);
+    cluster.revoke_writer(revoked).unwrap();
+    let rejected_before: u64 = cluster.rejected().iter().sum();
+    let mut session = cluster.worker(2).session();
+    session.put(b"after", b"2").unwrap();
+    session.finish().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for worker in [0, 1] {
+        let mut session = cluster.worker(worker).session();
+        assert_eq!(session.get(b"before").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(
+            session.get(b"after").unwrap(),
+            None,
+            "worker {worker} applied a revoked writer's record"
+        );
+        session.finish().unwrap();
+    }
+    let rejected_after: u64 = cluster.rejected().iter().sum();
+    assert!(
+        rejected_after > rejected_before,
+        "{rejected_before} -> {rejected_after}"
+    );
+    // A new incarnation of a worker applies the revocation list too. (It refuses the revoked
+    // writer's earlier records as well: revocation lists name writers, not a last trusted seq.)
+    cluster.restart_worker(0).unwrap();
+    let mut session = cluster.worker(0).session();
+    assert_eq!(session.get(b"after").unwrap(), None);
+    session.finish().unwrap();
+}

@@ -235,6 +235,15 @@ impl WorkerCore {
         self.forks
     }
 
+    /// Applies the owner's revocation list: records of revoked writers are refused from now
+    /// on, including from chains this worker already follows.
+    pub fn apply_revocations(
+        &mut self,
+        list: &psl_capsule::RevocationList,
+    ) -> Result<(), psl_capsule::RevocationError> {
+        self.verifier.apply_revocations(list)
+    }
+
     /// Records refused so far.
     pub fn rejected(&self) -> u64 {
         self.rejected
