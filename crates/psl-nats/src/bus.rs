@@ -162,7 +162,8 @@ pub trait Bus: Send + Sync {
     /// Multicasts a sealed record to application `app` (subject `psl.bus.<app>.records`).
     fn publish_record(&self, app: &str, record: &SealedRecord) -> Result<(), BusError> {
         let subject = subjects::app_records("psl", app)?;
-        self.publish(&subject, Bytes::copy_from_slice(record.as_bytes()))
+        // Shares the record's buffer: no copy on an in-process bus.
+        self.publish(&subject, Bytes::from_owner(record.shared_bytes()))
     }
 }
 

@@ -19,6 +19,7 @@ use psl_capsule::{
     CapsuleMetadata, CreationParams, SealedRecord, Validity, WriterId, WriterKeyPair,
     issue_certificate,
 };
+use psl_nats::{Bus, LocalBus};
 use psl_runtime::{Entries, LockMode, Session, State, StateError};
 use psl_scl::body::Fence;
 use psl_scl::lock::{
@@ -63,7 +64,6 @@ struct HeldGrant {
 struct Worker {
     slot: Mutex<Slot>,
     applied: Condvar,
-    inbox: Mutex<mpsc::Sender<SealedRecord>>,
 }
 
 struct Inner {
@@ -83,8 +83,8 @@ struct Inner {
     appender: Mutex<mpsc::Sender<AppendJob>>,
     /// Where memtable misses go (CapsuleDB later; today nothing is evicted, so nothing is there).
     cold: Arc<dyn ColdStore>,
-    /// Observers of every multicast record (tests audit what crosses the bus).
-    taps: Mutex<Vec<mpsc::Sender<SealedRecord>>>,
+    /// The bus records are multicast on (in process by default; NATS in cluster mode).
+    bus: Arc<dyn Bus>,
 }
 
 /// N workers, one capsule, one manager (lock service, verdicts, sync reports), in this process.
@@ -103,6 +103,11 @@ fn now_s() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+/// The application name on the bus.
+const APP: &str = "dev";
+/// Messages a worker's record subscription buffers before dropping (then repaired from store).
+const SUBSCRIPTION_CAPACITY: usize = 1 << 16;
 
 /// Lease of a lock grant; sessions renew it while they run (invocations are far shorter).
 pub const LEASE_MS: u64 = 10_000;
@@ -150,14 +155,31 @@ impl SclCluster {
         Self::start_with_trust(dir, n_workers, lease_ms, SimTrust::generate()?)
     }
 
-    /// [`Self::start_with_lease`] with given TEEs and policy. The owner attests the manager and
-    /// provisions the owner secret (prepare phase), then every worker enrolls (attestation,
-    /// certificate, data key); a refusal anywhere fails the start and issues no key.
+    /// [`Self::start_with_bus`] on an in-process bus.
     pub fn start_with_trust(
         dir: &Path,
         n_workers: usize,
         lease_ms: u64,
         trust: SimTrust,
+    ) -> Result<Self, ClusterError> {
+        let bus = Arc::new(LocalBus::new(psl_nats::bus::LOCAL_MAX_PAYLOAD));
+        Self::start_with_bus(dir, n_workers, lease_ms, trust, bus)
+    }
+
+    /// [`Self::start_with_lease`] with given TEEs and policy. The owner attests the manager and
+    /// provisions the owner secret (prepare phase), then every worker enrolls (attestation,
+    /// certificate, data key); a refusal anywhere fails the start and issues no key.
+    ///
+    /// Records are multicast on `bus` (subject `psl.bus.<app>.records`, app `dev`): a
+    /// [`LocalBus`] in process, or a `NatsBus`, so the records cross a real, untrusted NATS
+    /// server. Subscriptions are bounded; what a full one drops is repaired from the store
+    /// (gaps, sync reports).
+    pub fn start_with_bus(
+        dir: &Path,
+        n_workers: usize,
+        lease_ms: u64,
+        trust: SimTrust,
+        bus: Arc<dyn Bus>,
     ) -> Result<Self, ClusterError> {
         let mut salt = [0u8; 16];
         salt.copy_from_slice(&random_seed()?[..16]);
@@ -199,8 +221,12 @@ impl SclCluster {
             let (core, genesis) = start_core(&mut trust, &metadata, manager.writer_id())?;
             store.append(std::slice::from_ref(&genesis), Durability::Always)?;
             genesis_records.push(genesis);
-            let (tx, rx) = mpsc::channel();
-            receivers.push(rx);
+            let subject = psl_nats::subjects::app_records("psl", APP)
+                .map_err(|e| ClusterError::Setup(e.to_string()))?;
+            receivers.push(
+                bus.subscribe(&subject, SUBSCRIPTION_CAPACITY)
+                    .map_err(|e| ClusterError::Setup(format!("bus: {e}")))?,
+            );
             workers.push(Arc::new(Worker {
                 slot: Mutex::new(Slot {
                     core,
@@ -208,7 +234,6 @@ impl SclCluster {
                     held: BTreeMap::new(),
                 }),
                 applied: Condvar::new(),
-                inbox: Mutex::new(tx),
             }));
         }
         let (append_tx, append_rx) = mpsc::channel();
@@ -225,7 +250,7 @@ impl SclCluster {
             next_worker: AtomicUsize::new(0),
             restarts: AtomicU64::new(0),
             lease_ms: lease_ms.max(1),
-            taps: Mutex::new(Vec::new()),
+            bus,
             cold: Arc::new(NoColdStore),
             appender: Mutex::new(append_tx),
         }));
@@ -291,11 +316,15 @@ impl SclCluster {
             .collect()
     }
 
-    /// A copy of every record multicast from now on (what an observer of the bus sees).
-    pub fn tap_bus(&self) -> mpsc::Receiver<SealedRecord> {
-        let (tx, rx) = mpsc::channel();
-        self.0.taps.lock().push(tx);
-        rx
+    /// A subscription to every record multicast from now on (what an observer of the bus
+    /// sees).
+    pub fn tap_bus(&self) -> Result<psl_nats::Subscription, ClusterError> {
+        let subject = psl_nats::subjects::app_records("psl", APP)
+            .map_err(|e| ClusterError::Setup(e.to_string()))?;
+        self.0
+            .bus
+            .subscribe(&subject, psl_nats::bus::SUBSCRIPTION_CAPACITY_MAX)
+            .map_err(|e| ClusterError::Setup(format!("bus: {e}")))
     }
 
     /// The writer id of worker `index`'s current incarnation.
@@ -399,12 +428,9 @@ impl Inner {
     }
 
     fn broadcast(&self, record: &SealedRecord) {
-        for worker in &self.workers {
-            let _ = worker.inbox.lock().send(record.clone());
-        }
-        let mut taps = self.taps.lock();
-        if !taps.is_empty() {
-            taps.retain(|tap| tap.send(record.clone()).is_ok());
+        // A lost multicast is repaired from the store (a gap, or the next sync report).
+        if let Err(e) = self.bus.publish_record(APP, record) {
+            tracing::warn!(%e, "multicast failed; receivers repair from the store");
         }
     }
 
@@ -731,10 +757,35 @@ fn append_chunks(records: &[SealedRecord]) -> Vec<&[SealedRecord]> {
     chunks
 }
 
-fn receive_loop(inner: &std::sync::Weak<Inner>, index: usize, rx: &mpsc::Receiver<SealedRecord>) {
-    while let Ok(record) = rx.recv() {
+fn receive_loop(
+    inner: &std::sync::Weak<Inner>,
+    index: usize,
+    subscription: &psl_nats::Subscription,
+) {
+    loop {
+        let message = match subscription.recv_timeout(Duration::from_millis(200)) {
+            Ok(Some(message)) => message,
+            Ok(None) if inner.strong_count() > 0 => continue,
+            Ok(None) | Err(_) => return,
+        };
         let Some(inner) = inner.upgrade() else {
             return;
+        };
+        // This worker's own records come back too: recognise them by the writer id in the
+        // header (bytes 34..50) before paying for a decode.
+        if message
+            .payload
+            .get(34..50)
+            .is_some_and(|id| inner.workers[index].slot.lock().core.replica().writer().0 == id)
+        {
+            continue;
+        }
+        let record = match message.decode_record() {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(worker = index, %e, "undecodable bus message dropped");
+                continue;
+            }
         };
         let worker = &inner.workers[index];
         let mut queue = vec![record];

@@ -78,7 +78,7 @@ fn no_canary_leaves_the_enclaves() {
     let dir = tempfile::tempdir().unwrap();
     let capsule = dir.path().join("capsule");
     let cluster = SclCluster::start(&capsule, 3).unwrap();
-    let bus = cluster.tap_bus();
+    let bus = cluster.tap_bus().unwrap();
     let platform = Arc::new(
         Platform::new(
             RuntimeConfig::default(),
@@ -146,9 +146,9 @@ fn no_canary_leaves_the_enclaves() {
         );
     }
     let mut records = 0;
-    while let Ok(record) = bus.try_recv() {
+    while let Ok(Some(message)) = bus.try_recv() {
         records += 1;
-        let found = canaries_in(record.as_bytes());
+        let found = canaries_in(&message.payload);
         assert!(found.is_empty(), "a bus record holds {found:?}");
     }
     assert!(records > 30, "only {records} records crossed the bus");
