@@ -67,7 +67,7 @@ struct Worker {
 }
 
 struct Inner {
-    store: DirStore,
+    store: Arc<dyn RecordStore>,
     metadata: CapsuleMetadata,
     trust: Mutex<ManagerTrust>,
     workers: Vec<Arc<Worker>>,
@@ -86,6 +86,10 @@ struct Inner {
     /// The bus records are multicast on (in process by default; NATS in cluster mode).
     bus: Arc<dyn Bus>,
 }
+
+/// Creates the record store for a new capsule (see [`SclCluster::start_with_store`]).
+pub type OpenStore<'a> =
+    dyn Fn(&CapsuleMetadata) -> Result<Arc<dyn RecordStore>, ClusterError> + 'a;
 
 /// N workers, one capsule, one manager (lock service, verdicts, sync reports), in this process.
 #[derive(Clone)]
@@ -181,6 +185,26 @@ impl SclCluster {
         trust: SimTrust,
         bus: Arc<dyn Bus>,
     ) -> Result<Self, ClusterError> {
+        let open = |metadata: &CapsuleMetadata| -> Result<Arc<dyn RecordStore>, ClusterError> {
+            Ok(Arc::new(DirStore::create(
+                dir,
+                metadata,
+                StoreOptions::default(),
+            )?))
+        };
+        Self::start_with_store(n_workers, lease_ms, trust, bus, &open)
+    }
+
+    /// [`Self::start_with_bus`] on a record store that `open_store` creates for the capsule
+    /// (a `DirStore`, or a `JetStreamStore` on a NATS cluster). The store only ever sees sealed,
+    /// signed records, and every record read back is verified.
+    pub fn start_with_store(
+        n_workers: usize,
+        lease_ms: u64,
+        trust: SimTrust,
+        bus: Arc<dyn Bus>,
+        open_store: &OpenStore<'_>,
+    ) -> Result<Self, ClusterError> {
         let mut salt = [0u8; 16];
         salt.copy_from_slice(&random_seed()?[..16]);
         let params = CreationParams {
@@ -190,7 +214,7 @@ impl SclCluster {
                 .unwrap_or(u32::MAX),
         };
         let (mut trust, metadata) = ManagerTrust::prepare(trust, "psl-dev", params)?;
-        let store = DirStore::create(dir, &metadata, StoreOptions::default())?;
+        let store = open_store(&metadata)?;
         let manager_keys = WriterKeyPair::from_seed(&random_seed()?);
         let not_before = now_s().saturating_sub(60);
         let manager_cert = issue_certificate(
