@@ -179,15 +179,56 @@ fn run_target(
             let name = format!("wasm-local-k{ops_per_invoke}");
             run_via(state.as_ref(), config, &name, &|| Ok(()), Some(&wasm), None)
         }
-        "scl" | "wasm-scl" => {
+        "scl" | "wasm-scl" | "scl-nats" | "wasm-scl-nats" => {
             // The embedded SCL cluster: `workers` replicas in this process, records sealed,
             // signed and appended (fsync) to a DataCapsule in a temporary directory at every
             // flush; native sessions spread over the workers in turn, and for `wasm-scl` one
             // platform (runtime) per worker, client thread `i` invoking on worker `i % workers`.
             let dir = tempfile::tempdir()?;
-            let cluster =
+            let on_nats = target.ends_with("-nats");
+            // `*-nats`: the same workers, but records multicast through a real three-server
+            // NATS cluster on loopback and kept in a JetStream stream with three replicas
+            // (durable at JetStream's quorum acknowledgement).
+            let _nats;
+            let cluster = if on_nats {
+                let nats = psl_nats::testing::NatsCluster::start(3)
+                    .context("starting three nats-server processes (is nats-server installed?)")?;
+                let connect = || {
+                    psl_nats::NatsConnection::connect(psl_nats::NatsOptions::with_servers(
+                        nats.urls(),
+                    ))
+                };
+                let bus = Arc::new(psl_nats::NatsBus::new(connect()?));
+                let store_conn = connect()?;
+                let open = move |metadata: &psl_capsule::CapsuleMetadata| -> Result<
+                    Arc<dyn psl_store::RecordStore>,
+                    psl_node::scl::ClusterError,
+                > {
+                    let options = psl_nats::JetStreamOptions {
+                        replicas: 3,
+                        ..psl_nats::JetStreamOptions::default()
+                    };
+                    let (store, _) =
+                        psl_nats::JetStreamStore::open_or_create(&store_conn, metadata, options)
+                            .map_err(|e| psl_node::scl::ClusterError::Setup(e.to_string()))?;
+                    Ok(Arc::new(store))
+                };
+                let cluster = psl_node::scl::SclCluster::start_with_store(
+                    args.workers,
+                    psl_node::scl::LEASE_MS,
+                    psl_node::trust::SimTrust::generate()?,
+                    bus,
+                    &open,
+                )
+                .context("starting the SCL cluster on NATS")?;
+                _nats = Some(nats);
+                cluster
+            } else {
+                _nats = None;
                 psl_node::scl::SclCluster::start(&dir.path().join("capsule"), args.workers)
-                    .context("starting the SCL cluster")?;
+                    .context("starting the SCL cluster")?
+            };
+            let suffix = if on_nats { "-nats" } else { "" };
             let settle = || {
                 anyhow::ensure!(
                     cluster.settle(std::time::Duration::from_secs(600)),
@@ -196,10 +237,10 @@ fn run_target(
                 Ok(())
             };
             let native = psl_node::scl::RoundRobin(cluster.clone());
-            if target == "scl" {
+            if !target.starts_with("wasm-") {
                 let name = match config.ops_per_session {
-                    0 => format!("scl{}", args.workers),
-                    k => format!("scl{}-s{k}", args.workers),
+                    0 => format!("scl{}{suffix}", args.workers),
+                    k => format!("scl{}{suffix}-s{k}", args.workers),
                 };
                 // Run-phase sessions of thread `i` on worker `i % workers`, like `wasm-scl`'s
                 // invocations (with one session per thread this is what round robin gives).
@@ -211,10 +252,12 @@ fn run_target(
                 .map(|i| Arc::new(cluster.worker(i)) as Arc<dyn State>)
                 .collect();
             let wasm = wasm_target(states)?;
-            let name = format!("wasm-scl{}-k{ops_per_invoke}", args.workers);
+            let name = format!("wasm-scl{}{suffix}-k{ops_per_invoke}", args.workers);
             run_via(&native, config, &name, &settle, Some(&wasm), None)
         }
-        other => bail!("unknown target {other:?} (local, scl, wasm-local, wasm-scl)"),
+        other => bail!(
+            "unknown target {other:?} (local, scl, scl-nats, wasm-local, wasm-scl, wasm-scl-nats)"
+        ),
     }
 }
 
