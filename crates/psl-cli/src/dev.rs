@@ -272,10 +272,12 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let attestor = cluster.clone();
+    let metrics = cluster.clone();
     serve(
         platform,
         &args.listen,
         Arc::new(move |challenge: &[u8]| attestor.attest(challenge).map_err(|e| e.to_string())),
+        Arc::new(move || metrics.render_metrics()),
     )
 }
 
@@ -283,6 +285,7 @@ fn serve(
     platform: Arc<Platform>,
     listen: &str,
     attestor: psl_node::gateway::Attestor,
+    metrics: psl_node::gateway::MetricsSource,
 ) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -300,7 +303,7 @@ fn serve(
         );
         axum::serve(
             listener,
-            psl_node::gateway::router_with(platform, Some(attestor)),
+            psl_node::gateway::router_with(platform, Some(attestor), Some(metrics)),
         )
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -114,6 +114,25 @@ fn served_platform_takes_deploys_and_invocations_from_other_processes() {
             .unwrap();
         assert!(!missing.status.success());
         assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
+        // Prometheus metrics count what just happened.
+        let metrics = http_get(&address, "/metrics");
+        assert!(
+            metrics.contains("psl_invocations_total{outcome=\"ok\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("psl_invocations_total{outcome=\"unknown_function\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("psl_invocation_seconds_count 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("psl_workers_enrolled_total 2"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("psl_replication_lag_records"), "{metrics}");
     });
     server.kill().unwrap();
     server.wait().unwrap();
@@ -182,4 +201,20 @@ fn attest_verifies_the_served_manager_against_the_policy_and_refuses_a_strict_on
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// A plain HTTP/1.1 GET (no client library: this is what a scraper sends).
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let host = address.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
 }

@@ -4,6 +4,8 @@
 //! input; response: output), `GET /health`. Errors carry a JSON body `{"error", "kind"}` and a
 //! status that says what went wrong: 404 unknown function, 400 bad module or name, 413 a limit,
 //! 422 the function failed, 503 busy, 504 deadline, 403 a function the policy does not allow.
+//! `GET /metrics`: Prometheus text (invocations by outcome, latency histogram, and the
+//! cluster's records sealed/verified/rejected, replication lag and lock waits when given).
 //! `POST /attest` (when the node has a manager) answers a prepare challenge with attestation
 //! evidence. Invocations run on blocking threads.
 
@@ -28,16 +30,35 @@ pub type Attestor = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
 /// Largest attestation challenge.
 pub const CHALLENGE_BYTES_MAX: usize = 4096;
 
+/// More series for `GET /metrics` (Prometheus text format), e.g. the SCL cluster's.
+pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// The router over a platform.
 pub fn router(platform: Arc<Platform>) -> Router {
-    router_with(platform, None)
+    router_with(platform, None, None)
 }
 
 /// The router over a platform, with `POST /attest` when an attestor is given (body: a prepare
 /// challenge; response: the manager's offer, JSON).
-pub fn router_with(platform: Arc<Platform>, attestor: Option<Attestor>) -> Router {
+pub fn router_with(
+    platform: Arc<Platform>,
+    attestor: Option<Attestor>,
+    metrics: Option<MetricsSource>,
+) -> Router {
+    let source = Arc::clone(&platform);
+    let metrics_route = get(move || {
+        let (source, metrics) = (Arc::clone(&source), metrics.clone());
+        async move {
+            let mut text = source.metrics().render();
+            if let Some(metrics) = metrics {
+                text.push_str(&metrics());
+            }
+            ([("content-type", "text/plain; version=0.0.4")], text)
+        }
+    });
     let mut router = Router::new()
         .route("/health", get(|| async { "ok\n" }))
+        .route("/metrics", metrics_route)
         .route("/functions", get(list))
         .route("/functions/{name}", put(deploy))
         .route("/invoke/{name}", post(invoke))

@@ -57,6 +57,101 @@ pub struct Platform {
     state: Arc<dyn State>,
     names: RwLock<BTreeMap<String, Target>>,
     gate: Option<FunctionGate>,
+    metrics: InvocationMetrics,
+}
+
+/// Upper bounds (seconds) of the invocation latency histogram's buckets.
+pub const LATENCY_BUCKETS_S: [f64; 8] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.1, 1.0, 10.0];
+
+/// Outcome classes counted by [`InvocationMetrics`].
+pub const OUTCOMES: [&str; 7] = [
+    "ok",
+    "function_failed",
+    "deadline_exceeded",
+    "limit_exceeded",
+    "busy",
+    "state_unavailable",
+    "unknown_function",
+];
+
+/// Counters of invocations by outcome, and a latency histogram (lock-free).
+#[derive(Default)]
+pub struct InvocationMetrics {
+    outcomes: [std::sync::atomic::AtomicU64; 7],
+    buckets: [std::sync::atomic::AtomicU64; 8],
+    count: std::sync::atomic::AtomicU64,
+    sum_us: std::sync::atomic::AtomicU64,
+}
+
+impl InvocationMetrics {
+    fn record_unknown(&self) {
+        self.outcomes[6].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn record(&self, outcome: &Outcome) {
+        use psl_runtime::InvokeError;
+        use std::sync::atomic::Ordering::Relaxed;
+        let class = match &outcome.result {
+            Ok(_) => 0,
+            Err(InvokeError::DeadlineExceeded(_)) => 2,
+            Err(InvokeError::Limit { .. }) => 3,
+            Err(InvokeError::Busy(_)) => 4,
+            Err(InvokeError::State(_)) => 5,
+            Err(_) => 1,
+        };
+        self.outcomes[class].fetch_add(1, Relaxed);
+        let seconds = outcome.elapsed.as_secs_f64();
+        for (bound, bucket) in LATENCY_BUCKETS_S.iter().zip(&self.buckets) {
+            if seconds <= *bound {
+                bucket.fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(
+            u64::try_from(outcome.elapsed.as_micros()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+    }
+
+    /// Prometheus text exposition of the counters and the histogram.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP psl_invocations_total Function invocations by outcome."
+        );
+        let _ = writeln!(out, "# TYPE psl_invocations_total counter");
+        for (name, count) in OUTCOMES.iter().zip(&self.outcomes) {
+            let _ = writeln!(
+                out,
+                "psl_invocations_total{{outcome=\"{name}\"}} {}",
+                count.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP psl_invocation_seconds Invocation latency (instantiate, run, end the session)."
+        );
+        let _ = writeln!(out, "# TYPE psl_invocation_seconds histogram");
+        for (bound, bucket) in LATENCY_BUCKETS_S.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                out,
+                "psl_invocation_seconds_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Relaxed)
+            );
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "psl_invocation_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "psl_invocation_seconds_sum {}",
+            self.sum_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "psl_invocation_seconds_count {count}");
+        out
+    }
 }
 
 /// Decides, from a module's bytes, whether it may be compiled here (the trust policy's pinning
@@ -84,6 +179,7 @@ impl Platform {
             state,
             names: RwLock::new(BTreeMap::new()),
             gate: None,
+            metrics: InvocationMetrics::default(),
         })
     }
 
@@ -152,14 +248,27 @@ impl Platform {
 
     /// Invokes a function by name (or module hash) on `input`. Blocks the calling thread.
     pub fn invoke(&self, name: &str, input: Vec<u8>) -> Result<Outcome, PlatformError> {
-        let target = self.target(name)?;
+        let target = match self.target(name) {
+            Ok(target) => target,
+            Err(e) => {
+                self.metrics.record_unknown();
+                return Err(e);
+            }
+        };
         let session = self.state.session();
-        Ok(match target {
+        let outcome = match target {
             Target::Wasm(function) => self.runtime.invoke(&function, input, session),
             Target::Native(function) => {
                 self.runtime
                     .invoke_native(function.as_ref(), input, session)
             }
-        })
+        };
+        self.metrics.record(&outcome);
+        Ok(outcome)
+    }
+
+    /// Invocation counters and latency histogram.
+    pub fn metrics(&self) -> &InvocationMetrics {
+        &self.metrics
     }
 }

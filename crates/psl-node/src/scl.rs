@@ -78,6 +78,8 @@ struct Inner {
     next_session: AtomicU64,
     next_worker: AtomicUsize,
     restarts: AtomicU64,
+    lock_acquires: AtomicU64,
+    lock_wait_us: AtomicU64,
     lease_ms: u64,
     /// The manager's records on their way to the store and the bus, in chain order.
     appender: Mutex<mpsc::Sender<AppendJob>>,
@@ -273,6 +275,8 @@ impl SclCluster {
             next_session: AtomicU64::new(1),
             next_worker: AtomicUsize::new(0),
             restarts: AtomicU64::new(0),
+            lock_acquires: AtomicU64::new(0),
+            lock_wait_us: AtomicU64::new(0),
             lease_ms: lease_ms.max(1),
             bus,
             cold: Arc::new(NoColdStore),
@@ -349,6 +353,90 @@ impl SclCluster {
             .bus
             .subscribe(&subject, psl_nats::bus::SUBSCRIPTION_CAPACITY_MAX)
             .map_err(|e| ClusterError::Setup(format!("bus: {e}")))
+    }
+
+    /// Prometheus text for the cluster: records sealed, applied and refused, late writes
+    /// fenced, restarts, enrolled workers, replication lag, lock acquisitions and wait time.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write;
+        let heads = self.0.store.heads().unwrap_or_default();
+        let (mut sealed, mut applied, mut rejected, mut fenced, mut lag_max) = (0, 0, 0, 0, 0);
+        for worker in &self.0.workers {
+            let slot = worker.slot.lock();
+            let replica = slot.core.replica();
+            let me = replica.writer();
+            sealed += replica.applied(&me);
+            rejected += slot.core.rejected();
+            fenced += slot.core.fenced_refused();
+            let mut lag = 0;
+            for head in heads.iter().filter(|h| h.writer != me) {
+                let done = replica.applied(&head.writer);
+                applied += done;
+                lag += head.seq.saturating_sub(done);
+            }
+            lag_max = lag_max.max(lag);
+        }
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        };
+        metric(
+            "psl_records_sealed",
+            "gauge",
+            "Records sealed by the current worker incarnations.",
+            sealed as f64,
+        );
+        metric(
+            "psl_records_applied",
+            "gauge",
+            "Other writers' records verified and applied, summed over workers.",
+            applied as f64,
+        );
+        metric(
+            "psl_records_rejected_total",
+            "counter",
+            "Records refused by replicas (forged, tampered, revoked).",
+            rejected as f64,
+        );
+        metric(
+            "psl_records_fenced_total",
+            "counter",
+            "Late writes refused by lock verdicts.",
+            fenced as f64,
+        );
+        metric(
+            "psl_replication_lag_records",
+            "gauge",
+            "Most records any worker has yet to apply.",
+            lag_max as f64,
+        );
+        metric(
+            "psl_worker_restarts_total",
+            "counter",
+            "Worker incarnations ended.",
+            self.restarts() as f64,
+        );
+        metric(
+            "psl_workers_enrolled_total",
+            "counter",
+            "Worker incarnations attested and given keys.",
+            self.enrolled() as f64,
+        );
+        metric(
+            "psl_lock_acquires_total",
+            "counter",
+            "Locks acquired by sessions.",
+            self.0.lock_acquires.load(Ordering::Relaxed) as f64,
+        );
+        metric(
+            "psl_lock_wait_seconds_total",
+            "counter",
+            "Time sessions spent in lock (queue and catch-up).",
+            self.0.lock_wait_us.load(Ordering::Relaxed) as f64 / 1e6,
+        );
+        out
     }
 
     /// The writer id of worker `index`'s current incarnation.
@@ -1082,6 +1170,37 @@ impl Session for SclSession {
     }
 
     fn lock(&mut self, name: &[u8], mode: LockMode, wait: Duration) -> Result<(), StateError> {
+        let started = Instant::now();
+        let result = self.lock_inner(name, mode, wait);
+        let inner = &self.cluster.0;
+        if result.is_ok() {
+            inner.lock_acquires.fetch_add(1, Ordering::Relaxed);
+        }
+        let waited = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        inner.lock_wait_us.fetch_add(waited, Ordering::Relaxed);
+        result
+    }
+
+    fn unlock(&mut self, name: &[u8]) -> Result<(), StateError> {
+        self.unlock_inner(name)
+    }
+
+    fn flush(&mut self) -> Result<(), StateError> {
+        self.flush_inner()
+    }
+
+    fn finish(&mut self) -> Result<(), StateError> {
+        self.finish_inner()
+    }
+}
+
+impl SclSession {
+    fn lock_inner(
+        &mut self,
+        name: &[u8],
+        mode: LockMode,
+        wait: Duration,
+    ) -> Result<(), StateError> {
         let deadline = Instant::now() + wait;
         let lock = LockName::new(name.to_vec()).map_err(|e| lock_error(name, e))?;
         if self.held.iter().any(|held| held.name == lock) {
@@ -1176,7 +1295,7 @@ impl Session for SclSession {
         }
     }
 
-    fn unlock(&mut self, name: &[u8]) -> Result<(), StateError> {
+    fn unlock_inner(&mut self, name: &[u8]) -> Result<(), StateError> {
         let position = self
             .held
             .iter()
@@ -1185,7 +1304,7 @@ impl Session for SclSession {
         self.release(position)
     }
 
-    fn flush(&mut self) -> Result<(), StateError> {
+    fn flush_inner(&mut self) -> Result<(), StateError> {
         self.renew()?;
         let flushed = self.inner().flush_worker(
             self.index,
@@ -1195,8 +1314,8 @@ impl Session for SclSession {
         self.inner().acknowledge(&flushed)
     }
 
-    fn finish(&mut self) -> Result<(), StateError> {
-        let flushed = self.flush();
+    fn finish_inner(&mut self) -> Result<(), StateError> {
+        let flushed = self.flush_inner();
         let mut released = Ok(());
         while !self.held.is_empty() {
             let result = self.release(self.held.len() - 1);
