@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs each cargo-fuzz target (DataCapsule decoders, store recovery, the deploy checks) for N seconds (default 30) from the checked-in seed
+# Runs each cargo-fuzz target (DataCapsule decoders, store recovery, the deploy checks, SCL bodies, trust inputs) for N seconds (default 30) from the checked-in seed
 # corpus (built from crates/psl-capsule/tests/fixtures/format-v1.hex). Needs a nightly toolchain
 # and cargo-fuzz (`cargo install cargo-fuzz`). Opt-in: not part of `cargo test`.
 #
@@ -9,7 +9,7 @@ seconds="${1:-30}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(record_decode record_verify store_open deploy_check)
+    targets=(record_decode record_verify store_open deploy_check scl_decode trust_decode)
 fi
 cd "$(dirname "$0")/../fuzz"
 for target in "${targets[@]}"; do
