@@ -100,11 +100,15 @@ impl InvocationMetrics {
             Err(_) => 1,
         };
         self.outcomes[class].fetch_add(1, Relaxed);
+        // One counter per invocation: the first bucket that holds it (the rest of the
+        // cumulative histogram is summed when rendering; slower than the last bound: +Inf only).
         let seconds = outcome.elapsed.as_secs_f64();
-        for (bound, bucket) in LATENCY_BUCKETS_S.iter().zip(&self.buckets) {
-            if seconds <= *bound {
-                bucket.fetch_add(1, Relaxed);
-            }
+        if let Some(bucket) = LATENCY_BUCKETS_S
+            .iter()
+            .zip(&self.buckets)
+            .find_map(|(bound, bucket)| (seconds <= *bound).then_some(bucket))
+        {
+            bucket.fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
         self.sum_us.fetch_add(
@@ -135,11 +139,12 @@ impl InvocationMetrics {
             "# HELP psl_invocation_seconds Invocation latency (instantiate, run, end the session)."
         );
         let _ = writeln!(out, "# TYPE psl_invocation_seconds histogram");
+        let mut cumulative = 0;
         for (bound, bucket) in LATENCY_BUCKETS_S.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Relaxed);
             let _ = writeln!(
                 out,
-                "psl_invocation_seconds_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Relaxed)
+                "psl_invocation_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
             );
         }
         let count = self.count.load(Relaxed);

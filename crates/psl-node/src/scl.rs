@@ -30,7 +30,7 @@ use psl_scl::replica::{ColdStore, NoColdStore, ReplicaLimits};
 use psl_scl::worker::{Received, WorkerCore};
 use psl_store::{DirStore, Durability, RecordStore, StoreOptions};
 
-use crate::trust::{CERTIFICATE_LIFETIME_S, ManagerTrust, SimTrust, TrustError};
+use crate::trust::{CERTIFICATE_LIFETIME_S, ManagerTrust, SimTrust, TrustError, now_s, random};
 
 /// Errors setting up the cluster.
 #[derive(Debug, thiserror::Error)]
@@ -96,19 +96,6 @@ pub type OpenStore<'a> =
 /// N workers, one capsule, one manager (lock service, verdicts, sync reports), in this process.
 #[derive(Clone)]
 pub struct SclCluster(Arc<Inner>);
-
-fn random_seed() -> Result<[u8; 32], ClusterError> {
-    let mut seed = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
-        .map_err(|_| ClusterError::Setup("no system randomness".into()))?;
-    Ok(seed)
-}
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// The application name on the bus.
 const APP: &str = "dev";
@@ -208,7 +195,7 @@ impl SclCluster {
         open_store: &OpenStore<'_>,
     ) -> Result<Self, ClusterError> {
         let mut salt = [0u8; 16];
-        salt.copy_from_slice(&random_seed()?[..16]);
+        salt.copy_from_slice(&random()?[..16]);
         let params = CreationParams {
             created_s: now_s(),
             salt,
@@ -217,7 +204,7 @@ impl SclCluster {
         };
         let (mut trust, metadata) = ManagerTrust::prepare(trust, "psl-dev", params)?;
         let store = open_store(&metadata)?;
-        let manager_keys = WriterKeyPair::from_seed(&random_seed()?);
+        let manager_keys = WriterKeyPair::from_seed(&random()?);
         let not_before = now_s().saturating_sub(60);
         let manager_cert = issue_certificate(
             &trust.owner_key(),
@@ -703,10 +690,7 @@ impl Inner {
             self.with_manager(|manager, now| {
                 let (_, effects) = manager
                     .acknowledge_flush(now, *holder, &name, FencingToken(*token), &watermark)
-                    .map_err(|e| match e {
-                        psl_scl::manager::ManagerError::Lock(e) => fenced_or(name.as_bytes(), e),
-                        other => lock_error(name.as_bytes(), other),
-                    })?;
+                    .map_err(|e| manager_error(name.as_bytes(), e))?;
                 Ok(((), effects))
             })?;
         }
@@ -1012,7 +996,32 @@ fn fenced_or(name: &[u8], e: LockError) -> StateError {
     }
 }
 
+fn manager_error(name: &[u8], e: psl_scl::manager::ManagerError) -> StateError {
+    match e {
+        psl_scl::manager::ManagerError::Lock(e) => fenced_or(name, e),
+        other => lock_error(name, other),
+    }
+}
+
 impl SclSession {
+    /// Gives back a grant this session will not use (it wrote nothing under it).
+    fn give_back(&self, grant: &Grant) -> Result<(), StateError> {
+        let holder = self.holder;
+        self.inner().with_manager(|manager, now| {
+            let effects = manager
+                .release(
+                    now,
+                    holder,
+                    &grant.name,
+                    grant.token,
+                    &Watermark::new(),
+                    false,
+                )
+                .map_err(|e| lock_error(grant.name.as_bytes(), e))?;
+            Ok(((), effects))
+        })
+    }
+
     fn worker(&self) -> &Arc<Worker> {
         &self.cluster.0.workers[self.index]
     }
@@ -1081,19 +1090,7 @@ impl SclSession {
                 // A grant may have raced the cancel: then give it back at once (no writes).
                 let raced = inner.granted.lock().remove(&(self.holder, request_id));
                 if let Some(grant) = raced {
-                    inner.with_manager(|manager, now| {
-                        let effects = manager
-                            .release(
-                                now,
-                                holder,
-                                &grant.name,
-                                grant.token,
-                                &Watermark::new(),
-                                false,
-                            )
-                            .map_err(|e| lock_error(name.as_bytes(), e))?;
-                        Ok(((), effects))
-                    })?;
+                    self.give_back(&grant)?;
                 }
                 return Err(StateError::LockTimeout(
                     String::from_utf8_lossy(name.as_bytes()).into_owned(),
@@ -1125,10 +1122,7 @@ impl SclSession {
                     &watermark,
                     flushed.released_fenced,
                 )
-                .map_err(|e| match e {
-                    psl_scl::manager::ManagerError::Lock(e) => fenced_or(held.name.as_bytes(), e),
-                    other => lock_error(held.name.as_bytes(), other),
-                })?;
+                .map_err(|e| manager_error(held.name.as_bytes(), e))?;
             Ok(((), effects))
         })
     }
@@ -1238,19 +1232,7 @@ impl SclSession {
             let mut slot = match self.slot() {
                 Ok(slot) => slot,
                 Err(e) => {
-                    let _ = self.inner().with_manager(|manager, now| {
-                        let effects = manager
-                            .release(
-                                now,
-                                holder,
-                                &grant.name,
-                                grant.token,
-                                &Watermark::new(),
-                                false,
-                            )
-                            .map_err(|e| lock_error(name, e))?;
-                        Ok(((), effects))
-                    });
+                    let _ = self.give_back(&grant);
                     return Err(e);
                 }
             };

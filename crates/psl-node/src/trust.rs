@@ -58,14 +58,16 @@ pub enum TrustError {
     Randomness,
 }
 
-fn random() -> Result<[u8; 32], TrustError> {
+/// 32 bytes from the system CSPRNG.
+pub(crate) fn random() -> Result<[u8; 32], TrustError> {
     let mut seed = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
         .map_err(|_| TrustError::Randomness)?;
     Ok(seed)
 }
 
-fn now_s() -> u64 {
+/// Unix time in seconds (0 if the clock is before 1970).
+pub(crate) fn now_s() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

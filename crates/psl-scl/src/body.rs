@@ -13,6 +13,8 @@
     clippy::indexing_slicing
 )]
 
+use crate::cursor::{Reader, Truncated};
+
 /// Format version of the body.
 pub const BODY_VERSION: u8 = 1;
 /// Largest key, in bytes.
@@ -131,7 +133,7 @@ impl Batch {
 
     /// Decodes a batch, checking every length against its limit before allocating.
     pub fn decode(bytes: &[u8]) -> Result<Self, BodyError> {
-        let mut reader = Reader(bytes);
+        let mut reader = Reader::new(bytes);
         let version = reader.u8()?;
         if version != BODY_VERSION {
             return Err(BodyError::Version(version));
@@ -150,7 +152,7 @@ impl Batch {
         limit("updates", n_updates, UPDATES_MAX)?;
         // Each update takes at least 11 bytes: refuse counts the input cannot hold before
         // reserving memory for them.
-        if n_updates > reader.0.len() / 11 + 1 {
+        if n_updates > reader.remaining() / 11 + 1 {
             return Err(BodyError::Truncated);
         }
         let mut updates = Vec::with_capacity(n_updates);
@@ -171,8 +173,8 @@ impl Batch {
             };
             updates.push(StampedUpdate { lamport, key, op });
         }
-        if !reader.0.is_empty() {
-            return Err(BodyError::Trailing(reader.0.len()));
+        if reader.remaining() > 0 {
+            return Err(BodyError::Trailing(reader.remaining()));
         }
         Ok(Batch { fences, updates })
     }
@@ -186,28 +188,9 @@ fn limit(what: &'static str, value: usize, max: usize) -> Result<(), BodyError> 
     }
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], BodyError> {
-        let (head, rest) = self.0.split_at_checked(n).ok_or(BodyError::Truncated)?;
-        self.0 = rest;
-        Ok(head)
-    }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], BodyError> {
-        self.bytes(N)?.try_into().map_err(|_| BodyError::Truncated)
-    }
-    fn u8(&mut self) -> Result<u8, BodyError> {
-        Ok(u8::from_le_bytes(self.array()?))
-    }
-    fn u16(&mut self) -> Result<u16, BodyError> {
-        Ok(u16::from_le_bytes(self.array()?))
-    }
-    fn u32(&mut self) -> Result<u32, BodyError> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-    fn u64(&mut self) -> Result<u64, BodyError> {
-        Ok(u64::from_le_bytes(self.array()?))
+impl From<Truncated> for BodyError {
+    fn from(_: Truncated) -> Self {
+        BodyError::Truncated
     }
 }
 

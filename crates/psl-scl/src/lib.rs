@@ -11,6 +11,7 @@
 //! depend on tokio, or panic on anything a peer can send.
 
 pub mod body;
+mod cursor;
 pub mod lock;
 pub mod manager;
 pub mod replica;

@@ -24,6 +24,7 @@ use psl_capsule::{
     WriterCertificate, WriterId, WriterKeyPair,
 };
 
+use crate::cursor::{Reader, Truncated};
 use crate::lock::{
     Event, FencingToken, Grant, HolderId, LockConfig, LockError, LockMode, LockName, LockService,
     Reply, Watermark,
@@ -66,56 +67,34 @@ pub struct LockVerdict {
     pub settled: bool,
 }
 
-struct Reader<'a>(&'a [u8]);
+impl From<Truncated> for ControlError {
+    fn from(_: Truncated) -> Self {
+        ControlError::Malformed("truncated")
+    }
+}
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ControlError> {
-        if self.0.len() < n {
-            return Err(ControlError::Malformed("truncated"));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
+/// A count, checked against its limit and against the bytes left (each item takes at least
+/// `min_item` bytes), so a hostile count never makes us allocate.
+fn count(r: &mut Reader<'_>, max: usize, min_item: usize) -> Result<usize, ControlError> {
+    let n = r.u32()? as usize;
+    if n > max || n.saturating_mul(min_item) > r.remaining() {
+        return Err(ControlError::Malformed("count over its limit"));
     }
-    fn u8(&mut self) -> Result<u8, ControlError> {
-        Ok(self.take(1)?[0])
+    Ok(n)
+}
+
+fn version(r: &mut Reader<'_>) -> Result<(), ControlError> {
+    match r.u8()? {
+        CONTROL_VERSION => Ok(()),
+        other => Err(ControlError::Version(other)),
     }
-    fn u32(&mut self) -> Result<usize, ControlError> {
-        let mut b = [0u8; 4];
-        b.copy_from_slice(self.take(4)?);
-        Ok(u32::from_le_bytes(b) as usize)
-    }
-    fn u64(&mut self) -> Result<u64, ControlError> {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(b))
-    }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], ControlError> {
-        let mut b = [0u8; N];
-        b.copy_from_slice(self.take(N)?);
-        Ok(b)
-    }
-    /// A count, checked against its limit and against the bytes left (each item takes at least
-    /// `min_item` bytes), so a hostile count never makes us allocate.
-    fn count(&mut self, max: usize, min_item: usize) -> Result<usize, ControlError> {
-        let n = self.u32()?;
-        if n > max || n.saturating_mul(min_item) > self.0.len() {
-            return Err(ControlError::Malformed("count over its limit"));
-        }
-        Ok(n)
-    }
-    fn version(&mut self) -> Result<(), ControlError> {
-        match self.u8()? {
-            CONTROL_VERSION => Ok(()),
-            other => Err(ControlError::Version(other)),
-        }
-    }
-    fn end(&self) -> Result<(), ControlError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ControlError::Malformed("trailing bytes"))
-        }
+}
+
+fn end(r: &Reader<'_>) -> Result<(), ControlError> {
+    if r.remaining() == 0 {
+        Ok(())
+    } else {
+        Err(ControlError::Malformed("trailing bytes"))
     }
 }
 
@@ -154,23 +133,23 @@ pub fn encode_verdicts(verdicts: &[LockVerdict]) -> Result<Vec<u8>, ControlError
 
 /// Decodes a `LockRelease` body.
 pub fn decode_verdicts(bytes: &[u8]) -> Result<Vec<LockVerdict>, ControlError> {
-    let mut r = Reader(bytes);
-    r.version()?;
-    let n = r.count(VERDICTS_PER_RECORD_MAX, 17)?;
+    let mut r = Reader::new(bytes);
+    version(&mut r)?;
+    let n = count(&mut r, VERDICTS_PER_RECORD_MAX, 17)?;
     let mut verdicts = Vec::with_capacity(n);
     for _ in 0..n {
-        let len = r.u32()?;
+        let len = r.u32()? as usize;
         if len > crate::lock::LOCK_NAME_MAX {
             return Err(ControlError::Malformed("lock name too long"));
         }
-        let lock = r.take(len)?.to_vec();
+        let lock = r.bytes(len)?.to_vec();
         let token = r.u64()?;
         let settled = match r.u8()? {
             0 => false,
             1 => true,
             _ => return Err(ControlError::Malformed("settled flag is not 0 or 1")),
         };
-        let writers = r.count(VERDICT_WRITERS_MAX, 24)?;
+        let writers = count(&mut r, VERDICT_WRITERS_MAX, 24)?;
         let mut committed = Watermark::new();
         for _ in 0..writers {
             let writer = WriterId(r.array::<16>()?);
@@ -183,7 +162,7 @@ pub fn decode_verdicts(bytes: &[u8]) -> Result<Vec<LockVerdict>, ControlError> {
             settled,
         });
     }
-    r.end()?;
+    end(&r)?;
     Ok(verdicts)
 }
 
@@ -205,9 +184,9 @@ pub fn encode_report(heads: &[Head]) -> Result<Vec<u8>, ControlError> {
 
 /// Decodes a `SyncReport` body.
 pub fn decode_report(bytes: &[u8]) -> Result<Vec<Head>, ControlError> {
-    let mut r = Reader(bytes);
-    r.version()?;
-    let n = r.count(REPORT_HEADS_MAX, 56)?;
+    let mut r = Reader::new(bytes);
+    version(&mut r)?;
+    let n = count(&mut r, REPORT_HEADS_MAX, 56)?;
     let mut heads = Vec::with_capacity(n);
     for _ in 0..n {
         let writer = WriterId(r.array::<16>()?);
@@ -215,7 +194,7 @@ pub fn decode_report(bytes: &[u8]) -> Result<Vec<Head>, ControlError> {
         let hash = RecordHash(r.array::<32>()?);
         heads.push(Head { writer, seq, hash });
     }
-    r.end()?;
+    end(&r)?;
     Ok(heads)
 }
 

@@ -123,6 +123,18 @@ struct OwnGrant {
     sealed_max: Option<u64>,
 }
 
+/// Keeps a map keyed by `(lock, token)` within [`VERDICTS_MAX`] before `key` is inserted:
+/// when full, forgets the entry with the smallest token (tokens only grow, so it is among the
+/// oldest).
+fn make_room<V>(map: &mut BTreeMap<(Vec<u8>, u64), V>, key: &(Vec<u8>, u64)) {
+    if map.len() >= VERDICTS_MAX
+        && !map.contains_key(key)
+        && let Some(oldest) = map.keys().min_by_key(|(_, t)| *t).cloned()
+    {
+        map.remove(&oldest);
+    }
+}
+
 /// What the verdicts say about a fenced record.
 enum Decision {
     Commit,
@@ -188,12 +200,8 @@ impl WorkerCore {
     }
 
     fn own_grant(&mut self, key: (Vec<u8>, u64)) -> &mut OwnGrant {
-        if self.own_grants.len() >= VERDICTS_MAX && !self.own_grants.contains_key(&key) {
-            // Bounded: forget the oldest grant (its verdict is long overdue).
-            if let Some(oldest) = self.own_grants.keys().min_by_key(|(_, t)| *t).cloned() {
-                self.own_grants.remove(&oldest);
-            }
-        }
+        // Bounded: the oldest grant's verdict is long overdue.
+        make_room(&mut self.own_grants, &key);
         self.own_grants.entry(key).or_default()
     }
 
@@ -515,12 +523,7 @@ impl WorkerCore {
         if self.verdicts.contains_key(&key) {
             return 0; // already settled: the final verdict includes every acknowledgement
         }
-        if self.acknowledged.len() >= VERDICTS_MAX
-            && !self.acknowledged.contains_key(&key)
-            && let Some(oldest) = self.acknowledged.keys().min_by_key(|(_, t)| *t).cloned()
-        {
-            self.acknowledged.remove(&oldest);
-        }
+        make_room(&mut self.acknowledged, &key);
         self.acknowledged.entry(key).or_default().merge(committed);
         self.redecide_held(validity)
     }
@@ -535,12 +538,7 @@ impl WorkerCore {
         committed: Watermark,
         validity: Validity,
     ) -> usize {
-        if self.verdicts.len() >= VERDICTS_MAX {
-            // Tokens only grow, so the smallest key's token is among the oldest.
-            if let Some(oldest) = self.verdicts.keys().min_by_key(|(_, t)| *t).cloned() {
-                self.verdicts.remove(&oldest);
-            }
-        }
+        make_room(&mut self.verdicts, &(lock.to_vec(), token));
         let me = self.writer.writer_id();
         if let Some(own) = self.own_grants.remove(&(lock.to_vec(), token)) {
             // Expired while a session here held it (its unsealed writes are applied here and
