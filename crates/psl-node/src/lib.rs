@@ -7,6 +7,7 @@
 
 pub mod gateway;
 pub mod local;
+pub mod metrics;
 pub mod platform;
 pub mod scl;
 pub mod trust;

@@ -86,7 +86,14 @@ impl SimTrust {
     /// policy: simulation allowed for this root only, the manager's and workers' measurements
     /// pinned, any function allowed (set `policy.pin_functions` to restrict them).
     pub fn generate() -> Result<Self, TrustError> {
-        let root = SimRootKey::from_seed(&random()?);
+        Self::from_root_seed(&random()?)
+    }
+
+    /// [`Self::generate`] from the seed of the simulated root: every process of a cluster-mode
+    /// deployment given the same seed gets the same simulated hardware, measurements and
+    /// policy (the seed stands for the TEE vendor's root of trust; keep it with the operator).
+    pub fn from_root_seed(seed: &[u8; 32]) -> Result<Self, TrustError> {
+        let root = SimRootKey::from_seed(seed);
         let version = env!("CARGO_PKG_VERSION");
         let manager_tee = SimTee::new(&root, BinaryIdentity::named("psl-manager", version), None);
         let worker_tee = SimTee::new(&root, BinaryIdentity::named("psl-worker", version), None);
@@ -112,6 +119,27 @@ impl SimTrust {
     pub fn banner(&self) -> String {
         self.manager_tee.banner()
     }
+
+    /// Starts a worker incarnation's side of enrollment (cluster mode): fresh channel and
+    /// writer keys, the manager's `challenge` verified against the policy (and `capsule`, if
+    /// known), and this worker's evidence. Send the request; `accept` the manager's grant.
+    pub fn worker_request(
+        &self,
+        capsule: Option<CapsuleId>,
+        challenge: &[u8],
+    ) -> Result<(Vec<u8>, psl_trust::PendingEnrollment), TrustError> {
+        let enrollment =
+            WorkerEnrollment::new(self.policy.clone(), capsule, &random()?, &random()?, None);
+        Ok(enrollment.request(&self.worker_tee, challenge, now_s())?)
+    }
+}
+
+/// Finishes a worker's enrollment with the manager's grant: its keys, certificate and data key.
+pub fn worker_accept(
+    pending: psl_trust::PendingEnrollment,
+    grant: &[u8],
+) -> Result<ProvisionedParts, TrustError> {
+    Ok(pending.accept(grant, now_s())?.into_parts())
 }
 
 /// The manager's trust state after the prepare phase: the owner secret, the key distributor and
@@ -222,6 +250,25 @@ impl ManagerTrust {
         let provisioned = pending.accept(&grant, now)?;
         self.enrolled += 1;
         Ok(provisioned.into_parts())
+    }
+
+    /// A fresh enrollment challenge with the manager's evidence (cluster mode: sent to a worker
+    /// that asked to enroll).
+    pub fn challenge(&mut self) -> Result<Vec<u8>, TrustError> {
+        Ok(self
+            .distributor
+            .challenge(&self.manager_tee, random()?, now_s())?)
+    }
+
+    /// Verifies a worker's enrollment request against the policy and answers with its grant
+    /// (certificate, and the data key sealed to the worker); returns the writer id certified.
+    pub fn enroll_request(
+        &mut self,
+        request: &[u8],
+    ) -> Result<(Vec<u8>, psl_capsule::WriterId), TrustError> {
+        let (grant, issued) = self.distributor.enroll(request, now_s(), random()?)?;
+        self.enrolled += 1;
+        Ok((grant, issued.certificate.writer))
     }
 
     /// Revokes a writer: returns the owner-signed revocation list to apply at every verifier
