@@ -2,6 +2,7 @@
 //! `psl-store`; every error is printed with its chain and a non-zero exit code.
 
 mod capsule;
+mod cluster;
 mod dev;
 mod remote;
 
@@ -76,6 +77,10 @@ enum Command {
         #[arg(long)]
         policy: PathBuf,
     },
+    /// Run one role of cluster mode (manager, worker, gateway) in this process, over NATS.
+    Node(cluster::NodeArgs),
+    /// Start a local multi-process cluster: 3 nats-server, a manager, N workers, a gateway.
+    Up(cluster::UpArgs),
     /// Audit DataCapsule stores.
     #[command(subcommand)]
     Capsule(capsule::CapsuleCommand),
@@ -92,6 +97,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),
+        Command::Node(args) => cluster::node(&args),
+        Command::Up(args) => cluster::up(&args),
         Command::Deploy {
             name,
             module,

@@ -5,6 +5,7 @@
 //! Must never: implement protocol logic (that lives in sans-IO crates), or let a request
 //! panic the node.
 
+pub mod cluster;
 pub mod gateway;
 pub mod local;
 pub mod metrics;

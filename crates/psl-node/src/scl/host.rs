@@ -25,10 +25,10 @@ const APPEND_BYTES_MAX: usize = 8 << 20;
 
 /// Where the manager's grants go once its records they depend on are on their way.
 pub(crate) trait GrantSink: Send + Sync {
-    /// Delivers grants to their holders.
-    fn deliver(&self, grants: Vec<Grant>);
+    /// Delivers grants to their holders (`now_ms`: the lock service's clock).
+    fn deliver(&self, grants: Vec<Grant>, now_ms: u64);
     /// Called on every tick (drop what waited too long).
-    fn tick(&self) {}
+    fn tick(&self, _now_ms: u64) {}
 }
 
 enum AppendJob {
@@ -120,7 +120,7 @@ impl ManagerHost {
             (value, effects.grants)
         };
         if !grants.is_empty() {
-            self.sink.deliver(grants);
+            self.sink.deliver(grants, self.now_ms());
         }
         Ok(value)
     }
@@ -200,7 +200,7 @@ fn tick_loop(host: &Weak<ManagerHost>) {
         if let Err(e) = ticked {
             tracing::warn!(%e, "expiring leases failed");
         }
-        host.sink.tick();
+        host.sink.tick(host.now_ms());
         if last_report.elapsed() >= REPORT_EVERY {
             last_report = Instant::now();
             if let Ok(heads) = host.store.heads() {

@@ -108,7 +108,7 @@ pub(crate) struct GrantBoard {
 }
 
 impl GrantSink for GrantBoard {
-    fn deliver(&self, grants: Vec<Grant>) {
+    fn deliver(&self, grants: Vec<Grant>, _now_ms: u64) {
         let mut granted = self.granted.lock();
         for grant in grants {
             granted.insert((grant.holder, grant.request_id), grant);

@@ -79,13 +79,26 @@ impl Inner {
         link: Arc<dyn ManagerLink>,
         n_workers: usize,
     ) -> Result<Arc<Self>, ClusterError> {
+        let cores = (0..n_workers.max(1))
+            .map(|_| link.enroll())
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::start_with(store, bus, app, link, cores)
+    }
+
+    /// [`Self::start`] with cores already enrolled.
+    pub(crate) fn start_with(
+        store: Arc<dyn RecordStore>,
+        bus: Arc<dyn Bus>,
+        app: &str,
+        link: Arc<dyn ManagerLink>,
+        cores: Vec<(WorkerCore, SealedRecord)>,
+    ) -> Result<Arc<Self>, ClusterError> {
         let subject = psl_nats::subjects::app_records("psl", app)
             .map_err(|e| ClusterError::Setup(e.to_string()))?;
         let mut workers = Vec::new();
         let mut receivers = Vec::new();
         let mut genesis_records = Vec::new();
-        for _ in 0..n_workers.max(1) {
-            let (core, genesis) = link.enroll()?;
+        for (core, genesis) in cores {
             store.append(std::slice::from_ref(&genesis), Durability::Always)?;
             genesis_records.push(genesis);
             receivers.push(

@@ -1,0 +1,380 @@
+//! The worker's (and gateway's) side of the manager protocol over the bus: enrollment, then
+//! sealed lock requests ([`super::channel`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use psl_capsule::{CapsuleId, SealedRecord, WriterId};
+use psl_nats::{Bus, BusError};
+use psl_runtime::StateError;
+use psl_scl::lock::{FencingToken, HolderId, LockMode, LockName, Watermark};
+use psl_scl::worker::WorkerCore;
+use psl_trust::ProvisionedParts;
+
+use super::channel::{ChannelKeys, Direction};
+use super::wire::{self, ErrorKind, ManagerReply, ManagerRequest};
+use crate::scl::ClusterError;
+use crate::scl::link::{Granted, ManagerLink, start_core};
+use crate::trust::{SimTrust, worker_accept};
+
+/// How long a request other than an acquire waits for the manager.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the manager said at `Hello`.
+#[derive(Clone, Debug)]
+pub struct Hello {
+    /// The manager's writer id (verdicts and reports are accepted only from it).
+    pub manager: WriterId,
+    /// The lock lease.
+    pub lease: Duration,
+    /// Every writer's head in the store when the manager answered.
+    pub heads: Vec<(WriterId, u64)>,
+    /// Module hashes the policy allows (empty: any).
+    pub functions: Vec<String>,
+}
+
+struct Channel {
+    keys: Arc<ChannelKeys>,
+    me: WriterId,
+    counter: AtomicU64,
+}
+
+/// The manager, over the bus.
+pub struct BusLink {
+    bus: Arc<dyn Bus>,
+    app: String,
+    trust: SimTrust,
+    channel: Mutex<Option<Arc<Channel>>>,
+    capsule: Mutex<Option<CapsuleId>>,
+    metadata: Mutex<Option<psl_capsule::CapsuleMetadata>>,
+    hello: Mutex<Option<Hello>>,
+}
+
+/// A request that failed: no reply in time, or anything else.
+enum RequestError {
+    Timeout,
+    Other(StateError),
+}
+
+impl From<StateError> for RequestError {
+    fn from(e: StateError) -> Self {
+        RequestError::Other(e)
+    }
+}
+
+impl From<RequestError> for StateError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::Timeout => StateError::Unavailable("the manager did not answer".into()),
+            RequestError::Other(e) => e,
+        }
+    }
+}
+
+impl BusLink {
+    /// A link for application `app`, enrolling with `trust`'s policy and TEE.
+    pub fn new(bus: Arc<dyn Bus>, app: &str, trust: SimTrust) -> Self {
+        BusLink {
+            bus,
+            app: app.to_string(),
+            trust,
+            channel: Mutex::new(None),
+            capsule: Mutex::new(None),
+            metadata: Mutex::new(None),
+            hello: Mutex::new(None),
+        }
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
+    }
+
+    /// What the manager said at the last enrollment.
+    pub fn hello(&self) -> Option<Hello> {
+        self.hello.lock().clone()
+    }
+
+    fn enroll_call(&self, tag: u8, body: &[u8]) -> Result<Vec<u8>, ClusterError> {
+        let mut payload = Vec::with_capacity(1 + body.len());
+        payload.push(tag);
+        payload.extend_from_slice(body);
+        let reply = self
+            .bus
+            .request(
+                &wire::enroll_subject(&self.app),
+                Bytes::from(payload),
+                REQUEST_TIMEOUT,
+            )
+            .map_err(|e| ClusterError::Setup(format!("enrollment: {e}")))?;
+        match reply.payload.split_first() {
+            Some((&wire::enroll::OK, rest)) => Ok(rest.to_vec()),
+            Some((_, reason)) => Err(ClusterError::Setup(format!(
+                "the manager refused enrollment: {}",
+                String::from_utf8_lossy(reason)
+            ))),
+            None => Err(ClusterError::Setup("empty enrollment reply".into())),
+        }
+    }
+
+    /// Enrolls a new incarnation (attestation both ways, certificate, data key), opens the
+    /// sealed channel and says hello. Returns the parts (keys, certificate, capsule).
+    pub fn enroll_parts(&self) -> Result<ProvisionedParts, ClusterError> {
+        let challenge = self.enroll_call(wire::enroll::CHALLENGE, &[])?;
+        let capsule = *self.capsule.lock();
+        let (request, pending) = self.trust.worker_request(capsule, &challenge)?;
+        let grant = self.enroll_call(wire::enroll::REQUEST, &request)?;
+        let parts = worker_accept(pending, &grant)?;
+        let id = parts.metadata.id();
+        *self.capsule.lock() = Some(id);
+        *self.metadata.lock() = Some(parts.metadata.clone());
+        *self.channel.lock() = Some(Arc::new(Channel {
+            keys: Arc::new(ChannelKeys::new(&parts.data_key, id)),
+            me: parts.certificate.writer,
+            counter: AtomicU64::new(0),
+        }));
+        let hello = match self
+            .request(&ManagerRequest::Hello, REQUEST_TIMEOUT)
+            .map_err(|e| ClusterError::Setup(StateError::from(e).to_string()))?
+        {
+            ManagerReply::Hello {
+                manager,
+                lease_ms,
+                heads,
+                functions,
+            } => Hello {
+                manager: WriterId(manager),
+                lease: Duration::from_millis(lease_ms),
+                heads: heads.into_iter().map(|(w, s)| (WriterId(w), s)).collect(),
+                functions,
+            },
+            other => {
+                return Err(ClusterError::Setup(format!(
+                    "unexpected answer to hello: {other:?}"
+                )));
+            }
+        };
+        *self.hello.lock() = Some(hello);
+        Ok(parts)
+    }
+
+    /// The capsule of the last enrollment.
+    pub fn metadata(&self) -> Option<psl_capsule::CapsuleMetadata> {
+        self.metadata.lock().clone()
+    }
+
+    /// The channel keys of the capsule (once enrolled).
+    pub fn channel_keys(&self) -> Option<Arc<ChannelKeys>> {
+        self.channel.lock().as_ref().map(|c| Arc::clone(&c.keys))
+    }
+
+    fn channel(&self) -> Result<Arc<Channel>, StateError> {
+        self.channel
+            .lock()
+            .clone()
+            .ok_or_else(|| StateError::Unavailable("not enrolled".into()))
+    }
+
+    /// Seals `payload` as a request of this incarnation: returns its counter and the envelope.
+    pub fn seal_request(&self, payload: &[u8]) -> Result<(u64, Vec<u8>), StateError> {
+        let channel = self.channel()?;
+        let counter = channel.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        Ok((
+            counter,
+            channel
+                .keys
+                .seal(Direction::Request, channel.me, counter, payload),
+        ))
+    }
+
+    /// Opens the reply to request `counter`; refuses anything else.
+    pub fn open_reply(&self, counter: u64, bytes: &[u8]) -> Result<Vec<u8>, StateError> {
+        let channel = self.channel()?;
+        let opened = channel
+            .keys
+            .open(Direction::Reply, bytes)
+            .map_err(|e| StateError::Unavailable(format!("reply refused: {e}")))?;
+        if opened.sender != channel.me || opened.counter != counter {
+            return Err(StateError::Unavailable(
+                "reply refused: it answers another request".into(),
+            ));
+        }
+        Ok(opened.payload)
+    }
+
+    fn request(
+        &self,
+        request: &ManagerRequest,
+        timeout: Duration,
+    ) -> Result<ManagerReply, RequestError> {
+        let plain = serde_json::to_vec(request)
+            .map_err(|e| StateError::Unavailable(format!("encoding a request: {e}")))?;
+        let (counter, sealed) = self.seal_request(&plain)?;
+        let reply = self
+            .bus
+            .request(
+                &wire::manager_subject(&self.app),
+                Bytes::from(sealed),
+                timeout,
+            )
+            .map_err(|e| match e {
+                BusError::Timeout { .. } => RequestError::Timeout,
+                other => RequestError::Other(StateError::Unavailable(format!("manager: {other}"))),
+            })?;
+        let plain = self.open_reply(counter, &reply.payload)?;
+        serde_json::from_slice(&plain).map_err(|e| {
+            RequestError::Other(StateError::Unavailable(format!("manager reply: {e}")))
+        })
+    }
+
+    fn expect_done(&self, name: &[u8], request: &ManagerRequest) -> Result<(), StateError> {
+        match self
+            .request(request, REQUEST_TIMEOUT)
+            .map_err(StateError::from)?
+        {
+            ManagerReply::Done => Ok(()),
+            other => Err(reply_error(name, other)),
+        }
+    }
+}
+
+fn reply_error(name: &[u8], reply: ManagerReply) -> StateError {
+    let name = String::from_utf8_lossy(name).into_owned();
+    match reply {
+        ManagerReply::Error { kind, message } => match kind {
+            ErrorKind::Fenced => StateError::Fenced,
+            ErrorKind::Timeout => StateError::LockTimeout(name),
+            ErrorKind::Limit => StateError::Limit(message),
+            ErrorKind::Unavailable | ErrorKind::NotEnrolled => {
+                StateError::Unavailable(format!("manager: {message}"))
+            }
+        },
+        other => StateError::Unavailable(format!("unexpected manager reply {other:?}")),
+    }
+}
+
+impl ManagerLink for BusLink {
+    fn enroll(&self) -> Result<(WorkerCore, SealedRecord), ClusterError> {
+        let parts = self.enroll_parts()?;
+        let manager = self
+            .hello()
+            .map(|h| h.manager)
+            .ok_or_else(|| ClusterError::Setup("no hello from the manager".into()))?;
+        start_core(parts, manager, None)
+    }
+
+    fn acquire(
+        &self,
+        holder: HolderId,
+        request_id: u64,
+        name: &LockName,
+        mode: LockMode,
+        deadline: Instant,
+    ) -> Result<Granted, StateError> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let request = ManagerRequest::Acquire {
+            holder: holder.0,
+            request_id,
+            name: name.as_bytes().to_vec(),
+            write: mode == LockMode::Write,
+            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        };
+        match self.request(&request, wait.max(Duration::from_millis(1))) {
+            Ok(ManagerReply::Granted(grant)) => {
+                let (grant, lease) = grant
+                    .into_grant()
+                    .ok_or_else(|| StateError::Unavailable("malformed grant".into()))?;
+                if grant.holder != holder || grant.request_id != request_id {
+                    return Err(StateError::Unavailable("grant for another request".into()));
+                }
+                Ok(Granted { grant, lease })
+            }
+            Ok(other) => Err(reply_error(name.as_bytes(), other)),
+            Err(RequestError::Timeout) => {
+                // Not granted in time: cancel (a grant that raced this is released there).
+                self.expect_done(
+                    name.as_bytes(),
+                    &ManagerRequest::Cancel {
+                        holder: holder.0,
+                        name: name.as_bytes().to_vec(),
+                        request_id,
+                    },
+                )?;
+                Err(StateError::LockTimeout(
+                    String::from_utf8_lossy(name.as_bytes()).into_owned(),
+                ))
+            }
+            Err(RequestError::Other(e)) => Err(e),
+        }
+    }
+
+    fn release(
+        &self,
+        holder: HolderId,
+        name: &LockName,
+        token: FencingToken,
+        watermark: &Watermark,
+        fenced: bool,
+    ) -> Result<(), StateError> {
+        self.expect_done(
+            name.as_bytes(),
+            &ManagerRequest::Release {
+                holder: holder.0,
+                name: name.as_bytes().to_vec(),
+                token: token.0,
+                watermark: wire::watermark_to_wire(watermark),
+                fenced,
+            },
+        )
+    }
+
+    fn acknowledge(
+        &self,
+        holder: HolderId,
+        name: &LockName,
+        token: FencingToken,
+        watermark: &Watermark,
+    ) -> Result<(), StateError> {
+        self.expect_done(
+            name.as_bytes(),
+            &ManagerRequest::Acknowledge {
+                holder: holder.0,
+                name: name.as_bytes().to_vec(),
+                token: token.0,
+                watermark: wire::watermark_to_wire(watermark),
+            },
+        )
+    }
+
+    fn renew(
+        &self,
+        holder: HolderId,
+        name: &LockName,
+        token: FencingToken,
+    ) -> Result<Duration, StateError> {
+        let request = ManagerRequest::Renew {
+            holder: holder.0,
+            name: name.as_bytes().to_vec(),
+            token: token.0,
+        };
+        match self
+            .request(&request, REQUEST_TIMEOUT)
+            .map_err(StateError::from)?
+        {
+            ManagerReply::Renewed { lease_ms } => Ok(Duration::from_millis(lease_ms)),
+            other => Err(reply_error(name.as_bytes(), other)),
+        }
+    }
+
+    fn forget(&self, holder: HolderId) -> Result<(), StateError> {
+        self.expect_done(b"", &ManagerRequest::Forget { holder: holder.0 })
+    }
+
+    fn drain(&self, _wait: Duration) -> bool {
+        // The manager's records are its own business; `settle` waits for the store's heads.
+        true
+    }
+}

@@ -1,0 +1,562 @@
+//! The manager node: the prepare phase, key distribution over the bus, and the lock service
+//! serving sealed requests. Its records go to the JetStream store and the record subject like
+//! every writer's.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use psl_capsule::{CapsuleMetadata, WriterId};
+use psl_nats::{Bus, BusMessage, Subscription};
+use psl_runtime::StateError;
+use psl_scl::lock::{FencingToken, Grant, HolderId, LockError, LockMode, LockName, Reply};
+use psl_store::RecordStore;
+
+use super::channel::{ChannelKeys, Direction, ReplayWindow};
+use super::wire::{self, ErrorKind, ManagerReply, ManagerRequest, WireGrant};
+use crate::scl::host::{GrantSink, ManagerHost};
+use crate::scl::{ClusterError, creation_params, start_manager};
+use crate::trust::{ManagerTrust, SimTrust};
+
+/// Senders (enrolled writers) whose replay windows and enrollment the manager keeps.
+const SENDERS_MAX: usize = 65_536;
+/// Queued acquires and raced grants the manager remembers.
+const PENDING_MAX: usize = 65_536;
+
+/// A queued acquire: where its grant goes.
+struct Pending {
+    reply: String,
+    sender: WriterId,
+    counter: u64,
+    deadline_ms: u64,
+}
+
+/// Grants for queued acquires go out as sealed replies to the waiting request.
+struct RemoteGrants {
+    keys: Arc<ChannelKeys>,
+    bus: Arc<dyn Bus>,
+    pending: Mutex<HashMap<(HolderId, u64), Pending>>,
+    /// Grants sent to a waiting request, until their lease ends: a cancel that raced one
+    /// releases it (its holder never saw it, so nothing was written under it).
+    sent: Mutex<HashMap<(HolderId, u64), (Grant, u64)>>,
+}
+
+impl GrantSink for RemoteGrants {
+    fn deliver(&self, grants: Vec<Grant>, now_ms: u64) {
+        for grant in grants {
+            let key = (grant.holder, grant.request_id);
+            let Some(pending) = self.pending.lock().remove(&key) else {
+                tracing::warn!("a grant for a request nobody waits for; its lease will expire");
+                continue;
+            };
+            let lease = Duration::from_millis(grant.lease_until_ms.saturating_sub(now_ms));
+            let reply = ManagerReply::Granted(WireGrant::new(&grant, lease));
+            let mut sent = self.sent.lock();
+            if sent.len() < PENDING_MAX {
+                sent.insert(
+                    key,
+                    (grant, now_ms.saturating_add(lease.as_millis() as u64)),
+                );
+            }
+            drop(sent);
+            if let Err(e) = self.bus.publish(
+                &pending.reply,
+                Bytes::from(seal_reply(
+                    &self.keys,
+                    pending.sender,
+                    pending.counter,
+                    &reply,
+                )),
+            ) {
+                tracing::warn!(%e, "delivering a grant failed; the holder will cancel");
+            }
+        }
+    }
+
+    fn tick(&self, now_ms: u64) {
+        self.pending.lock().retain(|_, p| p.deadline_ms > now_ms);
+        self.sent.lock().retain(|_, (_, until)| *until > now_ms);
+    }
+}
+
+fn seal_reply(keys: &ChannelKeys, sender: WriterId, counter: u64, reply: &ManagerReply) -> Vec<u8> {
+    let plain = serde_json::to_vec(reply).unwrap_or_default();
+    keys.seal(Direction::Reply, sender, counter, &plain)
+}
+
+/// The manager's admission of senders: enrolled writers, and their replay windows.
+#[derive(Default)]
+struct Senders {
+    enrolled: HashSet<WriterId>,
+    order: VecDeque<WriterId>,
+    windows: HashMap<WriterId, ReplayWindow>,
+}
+
+impl Senders {
+    fn admit(&mut self, writer: WriterId) {
+        if self.enrolled.insert(writer) {
+            self.order.push_back(writer);
+        }
+        while self.order.len() > SENDERS_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.enrolled.remove(&old);
+                self.windows.remove(&old);
+            }
+        }
+    }
+}
+
+struct Shared {
+    app: String,
+    bus: Arc<dyn Bus>,
+    keys: Arc<ChannelKeys>,
+    trust: Mutex<ManagerTrust>,
+    senders: Mutex<Senders>,
+    host: Arc<ManagerHost>,
+    grants: Arc<RemoteGrants>,
+    lease_ms: u64,
+    functions: Vec<String>,
+}
+
+/// A running manager node.
+pub struct ManagerNode {
+    shared: Arc<Shared>,
+    metadata: CapsuleMetadata,
+}
+
+impl ManagerNode {
+    /// Runs the prepare phase (this process plays the owner, as `psl dev` does), creates the
+    /// capsule's stream in `store`'s place (via `open_store`), and serves enrollment, lock
+    /// requests and attestation on `bus` for application `app`.
+    pub fn start(
+        app: &str,
+        trust: SimTrust,
+        bus: Arc<dyn Bus>,
+        lease_ms: u64,
+        open_store: &crate::scl::OpenStore<'_>,
+    ) -> Result<Self, ClusterError> {
+        let functions: Vec<String> = trust
+            .policy
+            .functions
+            .keys()
+            .map(|h| h.to_string())
+            .collect();
+        let (trust, metadata) = ManagerTrust::prepare(trust, app, creation_params()?)?;
+        let store: Arc<dyn RecordStore> = open_store(&metadata)?;
+        let manager = start_manager(&trust, &metadata, store.as_ref(), lease_ms.max(1))?;
+        let keys = Arc::new(ChannelKeys::new(
+            &trust.data_key(&metadata.id()),
+            metadata.id(),
+        ));
+        let grants = Arc::new(RemoteGrants {
+            keys: Arc::clone(&keys),
+            bus: Arc::clone(&bus),
+            pending: Mutex::new(HashMap::new()),
+            sent: Mutex::new(HashMap::new()),
+        });
+        let host = ManagerHost::start(
+            manager,
+            store,
+            Arc::clone(&bus),
+            app,
+            Arc::clone(&grants) as Arc<dyn GrantSink>,
+        )?;
+        let shared = Arc::new(Shared {
+            app: app.to_string(),
+            bus: Arc::clone(&bus),
+            keys,
+            trust: Mutex::new(trust),
+            senders: Mutex::new(Senders::default()),
+            host,
+            grants,
+            lease_ms: lease_ms.max(1),
+            functions,
+        });
+        let subscribe = |subject: String| -> Result<Subscription, ClusterError> {
+            bus.subscribe(&subject, 4096)
+                .map_err(|e| ClusterError::Setup(format!("bus: {e}")))
+        };
+        let served: [(&str, Subscription, fn(&Shared, &BusMessage)); 3] = [
+            (
+                "locks",
+                subscribe(wire::manager_subject(app))?,
+                serve_request,
+            ),
+            (
+                "enroll",
+                subscribe(wire::enroll_subject(app))?,
+                serve_enroll,
+            ),
+            (
+                "attest",
+                subscribe(wire::attest_subject(app))?,
+                serve_attest,
+            ),
+        ];
+        for (name, subscription, handler) in served {
+            let weak = Arc::downgrade(&shared);
+            std::thread::Builder::new()
+                .name(format!("psl-mgr-{name}"))
+                .spawn(move || {
+                    loop {
+                        match subscription.recv_timeout(Duration::from_millis(200)) {
+                            Ok(Some(message)) => {
+                                let Some(shared) = weak.upgrade() else { return };
+                                handler(&shared, &message);
+                            }
+                            Ok(None) if weak.strong_count() > 0 => {}
+                            Ok(None) | Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(|e| ClusterError::Setup(e.to_string()))?;
+        }
+        bus.flush()
+            .map_err(|e| ClusterError::Setup(format!("bus: {e}")))?;
+        Ok(ManagerNode { shared, metadata })
+    }
+
+    /// The capsule this manager created.
+    pub fn metadata(&self) -> &CapsuleMetadata {
+        &self.metadata
+    }
+
+    /// What the owner verified about this manager (the prepare phase).
+    pub fn claims(&self) -> psl_trust::Claims {
+        self.shared.trust.lock().manager_claims().clone()
+    }
+
+    /// The policy the manager enrolls workers under.
+    pub fn policy(&self) -> psl_trust::Policy {
+        self.shared.trust.lock().policy().clone()
+    }
+
+    /// Worker (and gateway) incarnations enrolled so far.
+    pub fn enrolled(&self) -> u64 {
+        self.shared.trust.lock().enrolled()
+    }
+
+    /// The application name.
+    pub fn app(&self) -> &str {
+        &self.shared.app
+    }
+}
+
+fn respond(shared: &Shared, message: &BusMessage, payload: Vec<u8>) {
+    if let Err(e) = shared.bus.respond(message, Bytes::from(payload)) {
+        tracing::debug!(%e, "reply not sent");
+    }
+}
+
+fn serve_enroll(shared: &Shared, message: &BusMessage) {
+    let answer = match message.payload.split_first() {
+        Some((&wire::enroll::CHALLENGE, _)) => shared.trust.lock().challenge(),
+        Some((&wire::enroll::REQUEST, request)) => {
+            let enrolled = shared.trust.lock().enroll_request(request);
+            enrolled.map(|(grant, writer)| {
+                shared.senders.lock().admit(writer);
+                tracing::info!(writer = %writer, "enrolled");
+                grant
+            })
+        }
+        _ => Err(crate::trust::TrustError::Capsule(
+            "unknown enrollment message".into(),
+        )),
+    };
+    let mut payload = Vec::new();
+    match answer {
+        Ok(bytes) => {
+            payload.push(wire::enroll::OK);
+            payload.extend_from_slice(&bytes);
+        }
+        Err(e) => {
+            tracing::warn!(%e, "enrollment refused");
+            payload.push(wire::enroll::REFUSED);
+            payload.extend_from_slice(e.to_string().as_bytes());
+        }
+    }
+    respond(shared, message, payload);
+}
+
+fn serve_attest(shared: &Shared, message: &BusMessage) {
+    let mut payload = Vec::new();
+    match shared.trust.lock().offer(&message.payload) {
+        Ok(offer) => {
+            payload.push(wire::enroll::OK);
+            payload.extend_from_slice(&offer);
+        }
+        Err(e) => {
+            payload.push(wire::enroll::REFUSED);
+            payload.extend_from_slice(e.to_string().as_bytes());
+        }
+    }
+    respond(shared, message, payload);
+}
+
+fn error(kind: ErrorKind, message: impl std::fmt::Display) -> ManagerReply {
+    ManagerReply::Error {
+        kind,
+        message: message.to_string(),
+    }
+}
+
+fn lock_reply(e: LockError) -> ManagerReply {
+    match e {
+        LockError::Fenced { .. } | LockError::LeaseExpired { .. } | LockError::NotHeld => {
+            error(ErrorKind::Fenced, e)
+        }
+        other => error(ErrorKind::Limit, other),
+    }
+}
+
+fn state_reply(e: StateError) -> ManagerReply {
+    match e {
+        StateError::Fenced => error(ErrorKind::Fenced, "fenced"),
+        other => error(ErrorKind::Unavailable, other),
+    }
+}
+
+fn serve_request(shared: &Shared, message: &BusMessage) {
+    let Ok(opened) = shared.keys.open(Direction::Request, &message.payload) else {
+        tracing::warn!("an unauthenticated manager request was dropped");
+        return;
+    };
+    {
+        let mut senders = shared.senders.lock();
+        if !senders.enrolled.contains(&opened.sender) {
+            drop(senders);
+            let reply = error(ErrorKind::NotEnrolled, "sender is not an enrolled writer");
+            respond(
+                shared,
+                message,
+                seal_reply(&shared.keys, opened.sender, opened.counter, &reply),
+            );
+            return;
+        }
+        if !senders
+            .windows
+            .entry(opened.sender)
+            .or_default()
+            .accept(opened.counter)
+        {
+            tracing::warn!(
+                counter = opened.counter,
+                "a replayed manager request was dropped"
+            );
+            return;
+        }
+    }
+    let reply = match serde_json::from_slice::<ManagerRequest>(&opened.payload) {
+        Ok(request) => handle(shared, message, opened.sender, opened.counter, request),
+        Err(e) => Some(error(
+            ErrorKind::Unavailable,
+            format!("malformed request: {e}"),
+        )),
+    };
+    if let Some(reply) = reply {
+        respond(
+            shared,
+            message,
+            seal_reply(&shared.keys, opened.sender, opened.counter, &reply),
+        );
+    }
+}
+
+fn name_of(bytes: Vec<u8>) -> Result<LockName, ManagerReply> {
+    LockName::new(bytes).map_err(lock_reply)
+}
+
+/// Carries out one request; `None` when the reply comes later (a queued acquire).
+fn handle(
+    shared: &Shared,
+    message: &BusMessage,
+    sender: WriterId,
+    counter: u64,
+    request: ManagerRequest,
+) -> Option<ManagerReply> {
+    let host = &shared.host;
+    let done = |result: Result<(), StateError>| match result {
+        Ok(()) => ManagerReply::Done,
+        Err(e) => state_reply(e),
+    };
+    Some(match request {
+        ManagerRequest::Hello => ManagerReply::Hello {
+            manager: host.writer_id().0,
+            lease_ms: shared.lease_ms,
+            heads: match host.store().heads() {
+                Ok(heads) => heads.iter().map(|h| (h.writer.0, h.seq)).collect(),
+                Err(e) => return Some(error(ErrorKind::Unavailable, e)),
+            },
+            functions: shared.functions.clone(),
+        },
+        ManagerRequest::Acquire {
+            holder,
+            request_id,
+            name,
+            write,
+            wait_ms,
+        } => {
+            let name = match name_of(name) {
+                Ok(name) => name,
+                Err(reply) => return Some(reply),
+            };
+            let holder = HolderId(holder);
+            let mode = if write {
+                LockMode::Write
+            } else {
+                LockMode::Read
+            };
+            let Some(reply_to) = message.reply.clone() else {
+                return Some(error(
+                    ErrorKind::Unavailable,
+                    "acquire without a reply subject",
+                ));
+            };
+            let reply = host.call(|manager, now| {
+                let reply = manager.acquire(now, holder, request_id, name, mode);
+                if let Ok(Reply::Queued { .. }) = &reply {
+                    let mut pending = shared.grants.pending.lock();
+                    if pending.len() < PENDING_MAX {
+                        pending.insert(
+                            (holder, request_id),
+                            Pending {
+                                reply: reply_to,
+                                sender,
+                                counter,
+                                deadline_ms: now.saturating_add(wait_ms),
+                            },
+                        );
+                    }
+                }
+                reply
+            });
+            match reply {
+                Ok(Reply::Granted(grant)) => {
+                    let reply = ManagerReply::Granted(WireGrant::new(
+                        &grant,
+                        host.lease_left(grant.lease_until_ms),
+                    ));
+                    // If the reply arrives too late, the holder cancels: then release it.
+                    let mut sent = shared.grants.sent.lock();
+                    if sent.len() < PENDING_MAX {
+                        let until = grant.lease_until_ms;
+                        sent.insert((holder, request_id), (grant, until));
+                    }
+                    reply
+                }
+                Ok(Reply::Queued { .. }) => return None,
+                Err(e) => lock_reply(e),
+            }
+        }
+        ManagerRequest::Release {
+            holder,
+            name,
+            token,
+            watermark,
+            fenced,
+        } => {
+            let name = match name_of(name) {
+                Ok(name) => name,
+                Err(reply) => return Some(reply),
+            };
+            let watermark = wire::watermark_from_wire(&watermark);
+            done(host.with_manager(|manager, now| {
+                let effects = manager
+                    .release(
+                        now,
+                        HolderId(holder),
+                        &name,
+                        FencingToken(token),
+                        &watermark,
+                        fenced,
+                    )
+                    .map_err(|e| crate::scl::manager_error(name.as_bytes(), e))?;
+                Ok(((), effects))
+            }))
+        }
+        ManagerRequest::Acknowledge {
+            holder,
+            name,
+            token,
+            watermark,
+        } => {
+            let name = match name_of(name) {
+                Ok(name) => name,
+                Err(reply) => return Some(reply),
+            };
+            let watermark = wire::watermark_from_wire(&watermark);
+            done(host.with_manager(|manager, now| {
+                let (_, effects) = manager
+                    .acknowledge_flush(
+                        now,
+                        HolderId(holder),
+                        &name,
+                        FencingToken(token),
+                        &watermark,
+                    )
+                    .map_err(|e| crate::scl::manager_error(name.as_bytes(), e))?;
+                Ok(((), effects))
+            }))
+        }
+        ManagerRequest::Renew {
+            holder,
+            name,
+            token,
+        } => {
+            let name = match name_of(name) {
+                Ok(name) => name,
+                Err(reply) => return Some(reply),
+            };
+            match host.call(|manager, now| {
+                manager.renew(now, HolderId(holder), &name, FencingToken(token))
+            }) {
+                Ok(until) => ManagerReply::Renewed {
+                    lease_ms: host.lease_left(until).as_millis() as u64,
+                },
+                Err(e) => lock_reply(e),
+            }
+        }
+        ManagerRequest::Cancel {
+            holder,
+            name,
+            request_id,
+        } => {
+            let name = match name_of(name) {
+                Ok(name) => name,
+                Err(reply) => return Some(reply),
+            };
+            let holder = HolderId(holder);
+            shared.grants.pending.lock().remove(&(holder, request_id));
+            let cancelled = host.with_manager(|manager, now| {
+                Ok(((), manager.cancel(now, holder, &name, request_id)))
+            });
+            // A grant sent to the request before the cancel: the holder never saw it.
+            let raced = shared.grants.sent.lock().remove(&(holder, request_id));
+            let released = match raced {
+                Some((grant, _)) => host.with_manager(|manager, now| {
+                    let effects = manager
+                        .release(
+                            now,
+                            holder,
+                            &grant.name,
+                            grant.token,
+                            &psl_scl::lock::Watermark::new(),
+                            false,
+                        )
+                        .map_err(|e| crate::scl::manager_error(grant.name.as_bytes(), e))?;
+                    Ok(((), effects))
+                }),
+                None => Ok(()),
+            };
+            done(cancelled.and(released))
+        }
+        ManagerRequest::Forget { holder } => done(host.with_manager(|manager, now| {
+            let effects = manager
+                .forget_holder(now, HolderId(holder))
+                .map_err(|e| StateError::Unavailable(e.to_string()))?;
+            Ok(((), effects))
+        })),
+    })
+}
