@@ -3,7 +3,7 @@
 //! The gateway enrolls like a worker (attested; it receives the data key, so it can seal
 //! invocations for the workers and open their answers) but never writes to the capsule.
 //! `POST /invoke/{name}` returns the function's output; errors are JSON `{"error", "kind"}`
-//! with 404 unknown function, 413 a limit, 422 the function failed, 503 busy or no worker,
+//! with 404 unknown function (no worker serves it), 413 a limit, 422 the function failed, 503 busy or no worker,
 //! 504 deadline or timeout. `GET /health`, `GET /metrics` (Prometheus text), and
 //! `POST /attest` (forwarded to the manager). Deploying over HTTP is not supported in cluster
 //! mode (501): workers load their functions from their configuration.
@@ -30,9 +30,9 @@ use crate::trust::SimTrust;
 /// Why an invocation got no answer from a worker.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// No worker subscribes to the invocation subject.
-    #[error("no worker is serving")]
-    NoWorkers,
+    /// No worker serves this function.
+    #[error("no worker serves a function named {0:?}")]
+    NoWorkers(String),
     /// No answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -132,12 +132,12 @@ impl GatewayNode {
         function: &str,
         input: Vec<u8>,
     ) -> Result<(InvokeStatus, Vec<u8>), GatewayError> {
-        if function.len() > wire::FUNCTION_NAME_MAX {
+        let Some(subject) = wire::invoke_subject(&self.app, function) else {
             return Ok((
                 InvokeStatus::UnknownFunction,
-                b"function name too long".to_vec(),
+                b"invalid function name: use 1-64 of a-z, 0-9, '-', '_'".to_vec(),
             ));
-        }
+        };
         let call = Invocation {
             function: function.to_string(),
             sent_ms: now_ms(),
@@ -150,13 +150,9 @@ impl GatewayNode {
         let reply = self
             .link
             .bus()
-            .request(
-                &wire::invoke_subject(&self.app),
-                Bytes::from(sealed),
-                self.timeout,
-            )
+            .request(&subject, Bytes::from(sealed), self.timeout)
             .map_err(|e| match e {
-                BusError::NoResponders(_) => GatewayError::NoWorkers,
+                BusError::NoResponders(_) => GatewayError::NoWorkers(function.to_string()),
                 BusError::Timeout { timeout, .. } => GatewayError::Timeout(timeout),
                 BusError::TooLarge { .. } => GatewayError::TooLarge(e.to_string()),
                 other => GatewayError::Unavailable(other.to_string()),
@@ -316,7 +312,7 @@ async fn invoke(
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => {
             let (status, kind) = match &e {
-                GatewayError::NoWorkers => (StatusCode::SERVICE_UNAVAILABLE, "no_workers"),
+                GatewayError::NoWorkers(_) => (StatusCode::NOT_FOUND, "unknown_function"),
                 GatewayError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
                 GatewayError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "limit_exceeded"),
                 GatewayError::Unavailable(_) => (StatusCode::BAD_GATEWAY, "unavailable"),

@@ -23,9 +23,15 @@ pub fn attest_subject(app: &str) -> String {
     format!("psl.{app}.attest")
 }
 
-/// Subject of invocations (queue group [`INVOKE_GROUP`]: each goes to one worker).
-pub fn invoke_subject(app: &str) -> String {
-    format!("psl.{app}.invoke")
+/// Subject of invocations of `function` (queue group [`INVOKE_GROUP`]: each goes to one of
+/// the workers that deployed it). `None` unless the name is 1-64 of `a-z`, `0-9`, `-`, `_`.
+pub fn invoke_subject(app: &str, function: &str) -> Option<String> {
+    let valid = !function.is_empty()
+        && function.len() <= FUNCTION_NAME_MAX
+        && function
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    valid.then(|| format!("psl.{app}.invoke.{function}"))
 }
 
 /// The workers' queue group for invocations.

@@ -124,21 +124,27 @@ impl WorkerNode {
             platform,
             link,
         };
+        // Each deployed function gets `threads` queue subscriptions on its own subject, so an
+        // invocation only goes to workers that deployed that function.
         let windows = Arc::new(Mutex::new(HashMap::new()));
-        for index in 0..options.threads.max(1) {
-            let subscription = bus
-                .queue_subscribe(&wire::invoke_subject(&options.app), wire::INVOKE_GROUP, 64)
-                .map_err(|e| ClusterError::Setup(format!("bus: {e}")))?;
-            let server = Server {
-                platform: Arc::clone(&node.platform),
-                bus: Arc::clone(&bus),
-                link: Arc::clone(&node.link),
-                windows: Arc::clone(&windows),
-            };
-            std::thread::Builder::new()
-                .name(format!("psl-invoke-{index}"))
-                .spawn(move || server.run(&subscription))
-                .map_err(|e| ClusterError::Setup(e.to_string()))?;
+        for (name, _) in &options.functions {
+            let subject = wire::invoke_subject(&options.app, name)
+                .ok_or_else(|| ClusterError::Setup(format!("invalid function name {name:?}")))?;
+            for index in 0..options.threads.max(1) {
+                let subscription = bus
+                    .queue_subscribe(&subject, wire::INVOKE_GROUP, 64)
+                    .map_err(|e| ClusterError::Setup(format!("bus: {e}")))?;
+                let server = Server {
+                    platform: Arc::clone(&node.platform),
+                    bus: Arc::clone(&bus),
+                    link: Arc::clone(&node.link),
+                    windows: Arc::clone(&windows),
+                };
+                std::thread::Builder::new()
+                    .name(format!("psl-invoke-{name}-{index}"))
+                    .spawn(move || server.run(&subscription))
+                    .map_err(|e| ClusterError::Setup(e.to_string()))?;
+            }
         }
         bus.flush()
             .map_err(|e| ClusterError::Setup(format!("bus: {e}")))?;

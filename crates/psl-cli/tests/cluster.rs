@@ -1,0 +1,347 @@
+//! Cluster mode with real processes: three `nats-server` processes, a manager, workers and a
+//! gateway, each a `psl node` process, on loopback. Invocations go through the gateway's HTTP
+//! API. Faults are real: SIGKILL of a worker and of a NATS server under load, SIGSTOP of a
+//! lock holder past its lease. Skipped when `nats-server` is missing, unless
+//! `PSL_REQUIRE_NATS=1` (set by `.ci/run`).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use psl_nats::testing::{ClusterOptions, NatsCluster};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn guest(name: &str) -> PathBuf {
+    let path = root().join("guests/out").join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} missing: run `cargo xtask guests` first",
+        path.display()
+    );
+    path
+}
+
+/// A `psl node` process, killed when dropped.
+struct Node {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Node {
+    fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.signal_quietly();
+        self.kill();
+    }
+}
+
+impl Node {
+    fn signal_quietly(&self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.pid().to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+struct Cluster {
+    nats: NatsCluster,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    url: String,
+    gateway_listen: String,
+    next_log: u32,
+}
+
+impl Cluster {
+    /// Three NATS servers and a configuration; no nodes yet.
+    fn new(test: &str, lease_ms: u64) -> Option<Self> {
+        let nats = NatsCluster::start_or_skip(
+            test,
+            ClusterOptions {
+                servers: 3,
+                ..ClusterOptions::default()
+            },
+        )?;
+        let dir = tempfile::tempdir().unwrap();
+        let listen = {
+            let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            socket.local_addr().unwrap().to_string()
+        };
+        let urls: Vec<String> = nats.urls().iter().map(|u| format!("{u:?}")).collect();
+        let config = dir.path().join("node.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "app = \"t\"\nnats = [{}]\nsim_root_seed = \"{}\"\nreplicas = 3\nlease_ms = {lease_ms}\n\n[gateway]\nlisten = \"{listen}\"\ntimeout_ms = 10000\n\n[worker]\nthreads = 3\n",
+                urls.join(", "),
+                "ab".repeat(32),
+            ),
+        )
+        .unwrap();
+        Some(Cluster {
+            nats,
+            dir,
+            config,
+            url: format!("http://{listen}"),
+            gateway_listen: listen,
+            next_log: 0,
+        })
+    }
+
+    /// Starts `psl node --role <role>` with extra flags; waits for its `ready` line.
+    fn node(&mut self, role: &str, args: &[String]) -> Node {
+        self.next_log += 1;
+        let log = self
+            .dir
+            .path()
+            .join(format!("{role}-{}.log", self.next_log));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_psl"))
+            .args(["node", "--role", role, "--config"])
+            .arg(&self.config)
+            .args(args)
+            .env("PSL_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let node = Node { child, log };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.starts_with("ready") => node,
+            other => panic!(
+                "{role} did not start ({other:?}):\n{}",
+                std::fs::read_to_string(&node.log).unwrap_or_default()
+            ),
+        }
+    }
+
+    fn worker(&mut self, functions: &[(&str, &str)]) -> Node {
+        let args: Vec<String> = functions
+            .iter()
+            .flat_map(|(name, module)| {
+                [
+                    "--function".to_string(),
+                    format!("{name}={}", guest(module).display()),
+                ]
+            })
+            .collect();
+        self.node("worker", &args)
+    }
+
+    fn gateway(&mut self) -> Node {
+        let listen = self.gateway_listen.clone();
+        self.node("gateway", &["--listen".into(), listen])
+    }
+}
+
+/// POSTs an invocation; the status and body.
+fn invoke(url: &str, function: &str, input: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    match agent
+        .post(format!("{url}/invoke/{function}"))
+        .send(input.as_bytes())
+    {
+        Ok(mut response) => (
+            response.status().as_u16(),
+            response.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+fn ok(url: &str, function: &str, input: &str) -> String {
+    let (status, body) = invoke(url, function, input);
+    assert_eq!(status, 200, "{function}({input}): {body}");
+    body
+}
+
+/// Invokes until it succeeds or fails with something other than "lock not granted in time"
+/// (an invocation that never got its lock wrote nothing, so retrying it is safe).
+fn retry_lock_timeouts(url: &str, function: &str, input: &str) -> (u16, String) {
+    for _ in 0..30 {
+        let (status, body) = invoke(url, function, input);
+        if !body.contains("not granted in time") {
+            return (status, body);
+        }
+    }
+    panic!("{function}({input}): lock timeouts did not stop");
+}
+
+#[test]
+fn counter_and_bank_through_the_gateway_survive_killed_workers_and_nats_servers() {
+    let Some(mut cluster) = Cluster::new(
+        "counter_and_bank_through_the_gateway_survive_killed_workers_and_nats_servers",
+        10_000,
+    ) else {
+        return;
+    };
+    let functions = [("counter", "counter"), ("bank", "bank")];
+    let _manager = cluster.node("manager", &[]);
+    let mut workers: Vec<Node> = (0..3).map(|_| cluster.worker(&functions)).collect();
+    let _gateway = cluster.gateway();
+    let url = cluster.url.clone();
+    assert_eq!(ok(&url, "bank", "open 6 500"), "6 accounts");
+    assert_eq!(ok(&url, "counter", "c"), "1");
+    // Load: 3 clients, each increments and transfers. Counted: acknowledged increments, and
+    // increments whose outcome is unknown (the worker died with the request).
+    let acked = Arc::new(AtomicU64::new(1));
+    let slowest_ms = Arc::new(AtomicU64::new(0));
+    let unknown = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..3u64)
+        .map(|client| {
+            let (url, acked, unknown, done, slowest_ms) = (
+                url.clone(),
+                Arc::clone(&acked),
+                Arc::clone(&unknown),
+                Arc::clone(&done),
+                Arc::clone(&slowest_ms),
+            );
+            std::thread::spawn(move || {
+                for i in 0..30 {
+                    let started = Instant::now();
+                    let (status, body) = retry_lock_timeouts(&url, "counter", "c");
+                    if done.load(Ordering::SeqCst) >= 45 {
+                        let ms = started.elapsed().as_millis() as u64;
+                        slowest_ms.fetch_max(ms, Ordering::SeqCst);
+                    }
+                    if status == 200 {
+                        acked.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        eprintln!("counter: {status} {body}");
+                        unknown.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let (status, body) = retry_lock_timeouts(
+                        &url,
+                        "bank",
+                        &format!("transfer {} 3", client * 100 + i),
+                    );
+                    if status != 200 {
+                        eprintln!("bank: {status} {body}");
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    let wait_for = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while done.load(Ordering::SeqCst) < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // A worker dies mid-load (SIGKILL) and a new one starts in its place.
+    wait_for(20);
+    workers[0].kill();
+    eprintln!("worker 0 killed");
+    workers[0] = cluster.worker(&functions);
+    // A NATS server dies mid-load (SIGKILL): a minority of the JetStream cluster.
+    wait_for(45);
+    cluster.nats.kill(1).unwrap();
+    let killed_at = done.load(Ordering::SeqCst);
+    eprintln!("nats-server 1 killed after {killed_at} iterations");
+    for client in clients {
+        client.join().unwrap();
+    }
+    let served_after = done.load(Ordering::SeqCst) - killed_at;
+    assert!(
+        served_after > 0,
+        "nothing served after the NATS server died"
+    );
+    eprintln!(
+        "{served_after} iterations after the NATS kill; slowest increment then {} ms",
+        slowest_ms.load(Ordering::SeqCst)
+    );
+    let acked = acked.load(Ordering::SeqCst);
+    let unknown = unknown.load(Ordering::SeqCst);
+    // No acknowledged increment lost, none applied twice (unknown ones may or may not count).
+    let last: u64 = ok(&url, "counter", "c").parse().unwrap();
+    eprintln!("acked {acked}, unknown {unknown}, final {last}");
+    assert!(
+        last > acked && last <= acked + unknown + 1,
+        "counter {last} after {acked} acknowledged and {unknown} unknown increments"
+    );
+    assert_eq!(ok(&url, "bank", "total"), "3000");
+    // Every worker answers with the same state (ask each one enough times to reach all).
+    for _ in 0..6 {
+        assert_eq!(ok(&url, "bank", "total"), "3000");
+    }
+}
+
+#[test]
+fn a_lock_holder_stopped_past_its_lease_is_fenced() {
+    let Some(mut cluster) = Cluster::new("a_lock_holder_stopped_past_its_lease_is_fenced", 1_500)
+    else {
+        return;
+    };
+    let _manager = cluster.node("manager", &[]);
+    // Only worker A serves `slow` (the counter, with a slow critical section); B serves
+    // `counter`. Both increment the same key under the same lock.
+    let worker_a = cluster.worker(&[("slow", "counter")]);
+    let _worker_b = cluster.worker(&[("counter", "counter")]);
+    let _gateway = cluster.gateway();
+    let url = cluster.url.clone();
+    for expected in 1..=3 {
+        assert_eq!(ok(&url, "counter", "c"), expected.to_string());
+    }
+    // A takes the lock and stays in its critical section; it is stopped there.
+    let slow = {
+        let url = url.clone();
+        std::thread::spawn(move || invoke(&url, "slow", "c slow 20000000"))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    worker_a.signal("-STOP");
+    // B waits for the lock; it is granted once A's lease (1.5 s) passed.
+    let started = Instant::now();
+    assert_eq!(ok(&url, "counter", "c"), "4");
+    eprintln!("granted to B after {:?}", started.elapsed());
+    // A resumes: its late write must be refused, its invocation must fail.
+    worker_a.signal("-CONT");
+    let (status, body) = slow.join().unwrap();
+    eprintln!("the stopped holder's invocation: {status} {body}");
+    assert_ne!(
+        status, 200,
+        "the stopped holder's increment succeeded: {body}"
+    );
+    assert_eq!(ok(&url, "counter", "c"), "5");
+    // A (a new incarnation, if it restarted) sees exactly B's increments.
+    assert_eq!(ok(&url, "slow", "c"), "6");
+    assert_eq!(ok(&url, "counter", "c"), "7");
+}
