@@ -144,6 +144,7 @@ pub fn node(args: &NodeArgs) -> anyhow::Result<ExitCode> {
                     .collect(),
                 threads: config.worker.threads,
                 runtime: config.runtime(),
+                catch_up_max: psl_node::cluster::worker::CATCH_UP_MAX,
             };
             let node = WorkerNode::start(options, trust, bus as Arc<dyn Bus>, &open)?;
             let names: Vec<String> = node.platform().list().into_iter().map(|l| l.name).collect();

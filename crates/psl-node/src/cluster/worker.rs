@@ -26,7 +26,8 @@ use crate::trust::SimTrust;
 /// Invocations older (or newer) than this by the gateway's clock are refused: a replay by
 /// the bus is bounded to this window.
 pub const INVOCATION_FRESHNESS: Duration = Duration::from_secs(60);
-/// How long a new worker waits to catch up to the manager's heads before it gives up.
+/// How long a new worker waits, by default, to catch up to the manager's heads before it
+/// gives up.
 pub const CATCH_UP_MAX: Duration = Duration::from_secs(60);
 
 /// How to start a worker node.
@@ -39,6 +40,8 @@ pub struct WorkerOptions {
     pub threads: usize,
     /// Runtime configuration.
     pub runtime: RuntimeConfig,
+    /// How long to wait for the store to reach the manager's heads ([`CATCH_UP_MAX`]).
+    pub catch_up_max: Duration,
 }
 
 /// A running worker node.
@@ -79,7 +82,7 @@ impl WorkerNode {
         // Recovery and rollback protection: replay the store, then wait until everything the
         // manager reported (authenticated, fresh) is applied. A store that serves less (a
         // stale or truncated copy) makes the start fail instead of serving an older state.
-        let deadline = Instant::now() + CATCH_UP_MAX;
+        let deadline = Instant::now() + options.catch_up_max;
         loop {
             inner.catch_up(0)?;
             if inner.caught_up_to(0, &hello.heads) {
@@ -154,6 +157,11 @@ impl WorkerNode {
     /// The platform (functions and invocations of this worker).
     pub fn platform(&self) -> &Arc<Platform> {
         &self.platform
+    }
+
+    /// The capsule this worker serves.
+    pub fn capsule(&self) -> psl_capsule::CapsuleId {
+        self.inner.store.metadata().id()
     }
 
     /// This worker's current writer id.
