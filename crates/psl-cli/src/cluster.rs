@@ -1,9 +1,8 @@
 //! `psl node` (one role of cluster mode, in this process) and `psl up` (a local multi-process
 //! cluster: three `nats-server` processes, a manager, N workers and a gateway on loopback).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +10,7 @@ use anyhow::{Context, bail};
 use psl_nats::Bus;
 use psl_node::cluster::gateway::GatewayNode;
 use psl_node::cluster::manager::ManagerNode;
+use psl_node::cluster::process::NodeProcess;
 use psl_node::cluster::worker::{WorkerNode, WorkerOptions};
 use psl_node::cluster::{NodeConfig, Role};
 use psl_node::scl::ClusterError;
@@ -117,12 +117,24 @@ pub fn node(args: &NodeArgs) -> anyhow::Result<ExitCode> {
                 config.lease_ms,
                 &open,
             )?;
+            let node = Arc::new(node);
+            let metrics = match &config.manager.metrics_listen {
+                Some(listen) => {
+                    let source = Arc::clone(&node);
+                    let address = psl_node::cluster::serve_metrics(
+                        listen,
+                        Arc::new(move || source.render_metrics()),
+                    )?;
+                    format!(", metrics on http://{address}/metrics")
+                }
+                None => String::new(),
+            };
             if let Some(path) = &config.manager.policy_out {
                 std::fs::write(path, policy.to_json())
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             println!(
-                "ready: manager of app {} (capsule {}), measurement {}",
+                "ready: manager of app {} (capsule {}), measurement {}{metrics}",
                 config.app,
                 node.metadata().id(),
                 node.claims().measurement
@@ -146,10 +158,26 @@ pub fn node(args: &NodeArgs) -> anyhow::Result<ExitCode> {
                 runtime: config.runtime(),
                 catch_up_max: psl_node::cluster::worker::CATCH_UP_MAX,
             };
-            let node = WorkerNode::start(options, trust, bus as Arc<dyn Bus>, &open)?;
+            let node = Arc::new(WorkerNode::start(
+                options,
+                trust,
+                bus as Arc<dyn Bus>,
+                &open,
+            )?);
+            let metrics = match &config.worker.metrics_listen {
+                Some(listen) => {
+                    let source = Arc::clone(&node);
+                    let address = psl_node::cluster::serve_metrics(
+                        listen,
+                        Arc::new(move || source.render_metrics()),
+                    )?;
+                    format!(", metrics on http://{address}/metrics")
+                }
+                None => String::new(),
+            };
             let names: Vec<String> = node.platform().list().into_iter().map(|l| l.name).collect();
             println!(
-                "ready: worker {} of app {}, functions {}",
+                "ready: worker {} of app {}, functions {}{metrics}",
                 node.writer(),
                 config.app,
                 names.join(",")
@@ -213,51 +241,16 @@ pub struct UpArgs {
     check: bool,
 }
 
-/// A child process that is killed when dropped.
-struct Node {
-    name: String,
-    child: Child,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `psl node --role <role>` and waits for its `ready` line.
-fn spawn_node(dir: &Path, config: &Path, name: &str, role: &str) -> anyhow::Result<(Node, String)> {
-    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["node", "--role", role, "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {name}"))?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let node = Node {
-        name: name.to_string(),
-        child,
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        // Keep draining so the child never blocks on a full pipe.
-        for _ in lines {}
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(line) if line.starts_with("ready") => Ok((node, line)),
-        _ => bail!(
-            "{} did not start; see {}",
-            node.name,
-            dir.join(format!("{name}.log")).display()
-        ),
-    }
+/// Starts `psl node --role <role>` (this executable) and waits for its `ready` line.
+fn spawn_node(dir: &Path, config: &Path, name: &str, role: &str) -> anyhow::Result<NodeProcess> {
+    Ok(NodeProcess::spawn(
+        &std::env::current_exe()?,
+        role,
+        config,
+        &[],
+        &dir.join(format!("{name}.log")),
+        Duration::from_secs(60),
+    )?)
 }
 
 fn post(url: &str, body: &str) -> anyhow::Result<String> {
@@ -312,7 +305,7 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(
         &config,
         format!(
-            "app = \"psl\"\nnats = [{}]\nsim_root_file = {:?}\nreplicas = 3\n\n[manager]\npolicy_out = {:?}\n\n[gateway]\nlisten = {:?}\n\n[worker.functions]\n{functions}",
+            "app = \"psl\"\nnats = [{}]\nsim_root_file = {:?}\nreplicas = 3\n\n[manager]\npolicy_out = {:?}\nmetrics_listen = \"127.0.0.1:0\"\n\n[gateway]\nlisten = {:?}\n\n[worker]\nmetrics_listen = \"127.0.0.1:0\"\n\n[worker.functions]\n{functions}",
             urls.join(", "),
             seed_file.display().to_string(),
             dir.join("policy.json").display().to_string(),
@@ -320,16 +313,16 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         ),
     )?;
     let mut nodes = Vec::new();
-    let (manager, line) = spawn_node(&dir, &config, "manager", "manager")?;
-    println!("{line}");
+    let manager = spawn_node(&dir, &config, "manager", "manager")?;
+    println!("{}", manager.ready);
     nodes.push(manager);
     for i in 0..args.nodes.max(1) {
-        let (worker, line) = spawn_node(&dir, &config, &format!("worker-{i}"), "worker")?;
-        println!("{line}");
+        let worker = spawn_node(&dir, &config, &format!("worker-{i}"), "worker")?;
+        println!("{}", worker.ready);
         nodes.push(worker);
     }
-    let (gateway, line) = spawn_node(&dir, &config, "gateway", "gateway")?;
-    println!("{line}");
+    let gateway = spawn_node(&dir, &config, "gateway", "gateway")?;
+    println!("{}", gateway.ready);
     nodes.push(gateway);
     println!(
         "cluster up in {:.1} s: 3 nats-server, 1 manager, {} workers, 1 gateway (config and logs in {})",

@@ -4,14 +4,13 @@
 //! lock holder past its lease. Skipped when `nats-server` is missing, unless
 //! `PSL_REQUIRE_NATS=1` (set by `.ci/run`).
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use psl_nats::testing::{ClusterOptions, NatsCluster};
+use psl_node::cluster::process::NodeProcess;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -25,47 +24,6 @@ fn guest(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A `psl node` process, killed when dropped.
-struct Node {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Node {
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).unwrap()
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {signal} failed");
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.signal_quietly();
-        self.kill();
-    }
-}
-
-impl Node {
-    fn signal_quietly(&self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.pid().to_string()])
-            .stderr(Stdio::null())
-            .status();
-    }
 }
 
 struct Cluster {
@@ -114,41 +72,24 @@ impl Cluster {
     }
 
     /// Starts `psl node --role <role>` with extra flags; waits for its `ready` line.
-    fn node(&mut self, role: &str, args: &[String]) -> Node {
+    fn node(&mut self, role: &str, args: &[String]) -> NodeProcess {
         self.next_log += 1;
         let log = self
             .dir
             .path()
             .join(format!("{role}-{}.log", self.next_log));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_psl"))
-            .args(["node", "--role", role, "--config"])
-            .arg(&self.config)
-            .args(args)
-            .env("PSL_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let node = Node { child, log };
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) if line.starts_with("ready") => node,
-            other => panic!(
-                "{role} did not start ({other:?}):\n{}",
-                std::fs::read_to_string(&node.log).unwrap_or_default()
-            ),
-        }
+        NodeProcess::spawn(
+            Path::new(env!("CARGO_BIN_EXE_psl")),
+            role,
+            &self.config,
+            args,
+            &log,
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn worker(&mut self, functions: &[(&str, &str)]) -> Node {
+    fn worker(&mut self, functions: &[(&str, &str)]) -> NodeProcess {
         let args: Vec<String> = functions
             .iter()
             .flat_map(|(name, module)| {
@@ -161,7 +102,7 @@ impl Cluster {
         self.node("worker", &args)
     }
 
-    fn gateway(&mut self) -> Node {
+    fn gateway(&mut self) -> NodeProcess {
         let listen = self.gateway_listen.clone();
         self.node("gateway", &["--listen".into(), listen])
     }
@@ -214,7 +155,7 @@ fn counter_and_bank_through_the_gateway_survive_killed_workers_and_nats_servers(
     };
     let functions = [("counter", "counter"), ("bank", "bank")];
     let _manager = cluster.node("manager", &[]);
-    let mut workers: Vec<Node> = (0..3).map(|_| cluster.worker(&functions)).collect();
+    let mut workers: Vec<NodeProcess> = (0..3).map(|_| cluster.worker(&functions)).collect();
     let _gateway = cluster.gateway();
     let url = cluster.url.clone();
     assert_eq!(ok(&url, "bank", "open 6 500"), "6 accounts");
@@ -327,13 +268,13 @@ fn a_lock_holder_stopped_past_its_lease_is_fenced() {
         std::thread::spawn(move || invoke(&url, "slow", "c slow 20000000"))
     };
     std::thread::sleep(Duration::from_millis(500));
-    worker_a.signal("-STOP");
+    assert!(worker_a.signal("-STOP").unwrap());
     // B waits for the lock; it is granted once A's lease (1.5 s) passed.
     let started = Instant::now();
     assert_eq!(ok(&url, "counter", "c"), "4");
     eprintln!("granted to B after {:?}", started.elapsed());
     // A resumes: its late write must be refused, its invocation must fail.
-    worker_a.signal("-CONT");
+    assert!(worker_a.signal("-CONT").unwrap());
     let (status, body) = slow.join().unwrap();
     eprintln!("the stopped holder's invocation: {status} {body}");
     assert_ne!(

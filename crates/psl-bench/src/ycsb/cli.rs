@@ -36,6 +36,10 @@ pub struct YcsbArgs {
     /// each value in turn.
     #[arg(long, default_value = "0", value_delimiter = ',')]
     pub ops_per_session: Vec<u64>,
+    /// The `psl` executable the `wasm-cluster` target starts nodes with (default: next to
+    /// this one; build it with `cargo build --release -p psl-cli`).
+    #[arg(long)]
+    pub psl_bin: Option<PathBuf>,
     /// The `ycsb` guest module of the `wasm-*` targets.
     #[arg(long, default_value = "guests/out/ycsb.wasm")]
     pub wasm: PathBuf,
@@ -255,10 +259,84 @@ fn run_target(
             let name = format!("wasm-scl{}{suffix}-k{ops_per_invoke}", args.workers);
             run_via(&native, config, &name, &settle, Some(&wasm), None)
         }
+        "wasm-cluster" => run_cluster(args, config, ops_per_invoke),
         other => bail!(
-            "unknown target {other:?} (local, scl, scl-nats, wasm-local, wasm-scl, wasm-scl-nats)"
+            "unknown target {other:?} (local, scl, scl-nats, wasm-local, wasm-scl, \
+             wasm-scl-nats, wasm-cluster)"
         ),
     }
+}
+
+/// Cluster mode: three `nats-server` processes, a manager and `--workers` worker processes
+/// (`psl node`), the guest deployed on every worker; this process is the gateway (sealed
+/// invocations over NATS to the workers' queue group). Every operation, the load included, is
+/// an invocation; every invocation ends with a flush, durable at JetStream's quorum
+/// acknowledgement (streams with three replicas).
+fn run_cluster(args: &YcsbArgs, config: &Config, ops_per_invoke: usize) -> anyhow::Result<Report> {
+    use psl_node::cluster::process::NodeProcess;
+    let psl = match &args.psl_bin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory")?
+            .join("psl"),
+    };
+    anyhow::ensure!(
+        psl.is_file(),
+        "{} not found: build it with `cargo build --release -p psl-cli` (or pass --psl-bin)",
+        psl.display()
+    );
+    let module = WasmTarget::read_module(&args.wasm)?;
+    let wasm_path = std::fs::canonicalize(&args.wasm)?;
+    let nats = psl_nats::testing::NatsCluster::start(3)
+        .context("starting three nats-server processes (is nats-server installed?)")?;
+    let dir = tempfile::tempdir()?;
+    let mut seed = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+        .map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    let urls: Vec<String> = nats.urls().iter().map(|u| format!("{u:?}")).collect();
+    let text = format!(
+        "app = \"ycsb\"\nnats = [{}]\nsim_root_seed = \"{}\"\nreplicas = 3\n\n[worker]\nthreads = {}\nexecution_time_max_ms = 600000\n\n[worker.functions]\n{} = {:?}\n",
+        urls.join(", "),
+        hex::encode(seed),
+        args.threads.max(1),
+        super::wasm::FUNCTION,
+        wasm_path.display().to_string(),
+    );
+    let config_path = dir.path().join("node.toml");
+    std::fs::write(&config_path, &text)?;
+    let wait = std::time::Duration::from_secs(120);
+    let spawn = |role: &str, name: &str| {
+        NodeProcess::spawn(
+            &psl,
+            role,
+            &config_path,
+            &[],
+            &dir.path().join(format!("{name}.log")),
+            wait,
+        )
+    };
+    let _manager = spawn("manager", "manager")?;
+    let _workers = (0..args.workers.max(1))
+        .map(|i| spawn("worker", &format!("worker-{i}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let node_config = psl_node::cluster::NodeConfig::parse(&text).map_err(anyhow::Error::msg)?;
+    let gateway = psl_node::cluster::gateway::GatewayNode::start(
+        "ycsb",
+        node_config.sim_trust()?,
+        node_config.bus("ycsb-bench")?,
+        std::time::Duration::from_secs(600),
+    )?;
+    let wasm = WasmTarget::through_gateway(
+        gateway,
+        args.workers.max(1),
+        psl_trust::FunctionHash::of_module(&module).to_string(),
+        ops_per_invoke,
+    )?;
+    let name = format!("wasm-cluster{}-k{ops_per_invoke}", args.workers.max(1));
+    // No state in this process: every operation goes through the workers.
+    let unused = psl_node::LocalState::default();
+    run_via(&unused, config, &name, &|| Ok(()), Some(&wasm), None)
 }
 
 fn write_files(out: &Path, stem: &str, json: &str, markdown: &str) -> anyhow::Result<()> {

@@ -752,6 +752,33 @@ impl Client<'_> {
         Ok(&mut self.wasm.as_mut().context("no wasm client")?.batch)
     }
 
+    /// Adds an insert of record `ordinal` to the batch (load phase through invocations).
+    fn wasm_insert(&mut self, ordinal: u64, tally: &mut Tally) {
+        let key = self.key(ordinal);
+        let record = Record::random(
+            &mut self.rng,
+            self.config.field_count,
+            self.config.field_length,
+        );
+        let started = Instant::now();
+        let Some(wasm) = self.wasm.as_mut() else {
+            return;
+        };
+        if let Err(e) = wasm.batch.put(&key, &record.encode()) {
+            if !wasm.reported {
+                eprintln!("ycsb wasm: cannot encode an insert: {e:#}");
+                wasm.reported = true;
+            }
+            tally.record(Op::Insert, started, false);
+            return;
+        }
+        wasm.started.get_or_insert(started);
+        wasm.ops.push(Op::Insert);
+        if wasm.ops.len() >= wasm.target.ops_per_invoke {
+            self.wasm_invoke(tally);
+        }
+    }
+
     /// Invokes the guest on the pending batch (if any) and records its operations.
     fn wasm_invoke(&mut self, tally: &mut Tally) {
         let Some(wasm) = self.wasm.as_mut() else {
@@ -969,18 +996,25 @@ pub fn run_via<S: State + ?Sized>(
             if ordinal >= client.config.record_count {
                 break;
             }
+            if client.wasm.is_some() {
+                client.wasm_insert(ordinal, tally);
+                continue;
+            }
             let started = Instant::now();
             let ok = client.insert(ordinal);
             tally.record(Op::Insert, started, ok);
         };
+        // Without a state in this process (a cluster behind a gateway), the load goes through
+        // invocations of the guest too.
+        let load_via = match wasm {
+            Some(target) if target.remote() => Via {
+                wasm: Some(target),
+                sessions: None,
+            },
+            _ => Via::default(),
+        };
         phases.push(run_phase(
-            state,
-            config,
-            &inserts,
-            &chooser,
-            "load",
-            Via::default(),
-            &load,
+            state, config, &inserts, &chooser, "load", load_via, &load,
         )?);
         barrier()?;
     }

@@ -226,11 +226,20 @@ impl Reply {
 /// uses platform `i % len`, as the native `scl` target puts thread `i`'s session on worker
 /// `i % workers`.
 pub struct WasmTarget {
-    platforms: Vec<Platform>,
+    backend: Backend,
     /// Operations per invocation.
     pub ops_per_invoke: usize,
     /// The module's hash.
     pub module: String,
+}
+
+/// Where invocations go.
+enum Backend {
+    /// Platforms in this process.
+    Local(Vec<Platform>),
+    /// Worker processes, through a cluster-mode gateway (sealed invocations over NATS, to the
+    /// workers' queue group). The load phase goes through it too.
+    Gateway(Arc<psl_node::cluster::gateway::GatewayNode>, usize),
 }
 
 impl WasmTarget {
@@ -255,10 +264,34 @@ impl WasmTarget {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
-            platforms,
+            backend: Backend::Local(platforms),
             ops_per_invoke,
             module,
         })
+    }
+
+    /// Invokes the guest (deployed on `workers` worker processes as module `module`) through
+    /// a cluster-mode gateway.
+    pub fn through_gateway(
+        gateway: Arc<psl_node::cluster::gateway::GatewayNode>,
+        workers: usize,
+        module: String,
+        ops_per_invoke: usize,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            (1..=OPS_PER_INVOKE_MAX).contains(&ops_per_invoke),
+            "--ops-per-invoke must be 1..={OPS_PER_INVOKE_MAX}"
+        );
+        Ok(Self {
+            backend: Backend::Gateway(gateway, workers),
+            ops_per_invoke,
+            module,
+        })
+    }
+
+    /// Whether the load phase must go through invocations too (no state in this process).
+    pub fn remote(&self) -> bool {
+        matches!(self.backend, Backend::Gateway(..))
     }
 
     /// Reads the module from `path`.
@@ -271,20 +304,31 @@ impl WasmTarget {
         })
     }
 
-    /// Platforms (one per state).
+    /// Platforms (one per state), or worker processes.
     pub fn platforms(&self) -> usize {
-        self.platforms.len()
+        match &self.backend {
+            Backend::Local(platforms) => platforms.len(),
+            Backend::Gateway(_, workers) => *workers,
+        }
     }
 
-    /// The platform of client thread `thread`.
-    pub fn platform(&self, thread: usize) -> &Platform {
-        &self.platforms[thread % self.platforms.len()]
-    }
-
-    /// Invokes the guest on `input` on `thread`'s platform.
+    /// Invokes the guest on `input` on `thread`'s platform (or any worker).
     pub fn invoke(&self, thread: usize, input: Vec<u8>, ops: usize) -> anyhow::Result<Reply> {
-        let outcome = self.platform(thread).invoke(FUNCTION, input)?;
-        let output = outcome.result.map_err(|e| anyhow!("ycsb guest: {e}"))?;
+        let output = match &self.backend {
+            Backend::Local(platforms) => {
+                let outcome = platforms[thread % platforms.len()].invoke(FUNCTION, input)?;
+                outcome.result.map_err(|e| anyhow!("ycsb guest: {e}"))?
+            }
+            Backend::Gateway(gateway, _) => {
+                let (status, output) = gateway.invoke(FUNCTION, input)?;
+                anyhow::ensure!(
+                    status == psl_node::cluster::wire::InvokeStatus::Ok,
+                    "ycsb guest: {status:?}: {}",
+                    String::from_utf8_lossy(&output)
+                );
+                output
+            }
+        };
         let reply = Reply::decode(&output).ok_or_else(|| anyhow!("malformed ycsb guest output"))?;
         anyhow::ensure!(
             reply.statuses.len() == ops,

@@ -242,6 +242,56 @@ impl ManagerNode {
     pub fn app(&self) -> &str {
         &self.shared.app
     }
+
+    /// Prometheus text for the manager: enrollments, locks, verdicts, waiting acquires.
+    pub fn render_metrics(&self) -> String {
+        use crate::metrics::metric;
+        let (locks, verdicts, head) = self.shared.host.call(|manager, _| {
+            (
+                manager.locks().lock_count(),
+                manager.verdicts_issued(),
+                manager.head_seq(),
+            )
+        });
+        let waiting = self.shared.grants.pending.lock().len();
+        let mut out = String::new();
+        let rows: [(&str, &str, &str, f64); 5] = [
+            (
+                "psl_manager_enrolled_total",
+                "counter",
+                "Worker and gateway incarnations attested and given keys.",
+                self.enrolled() as f64,
+            ),
+            (
+                "psl_manager_locks",
+                "gauge",
+                "Lock entries in the lock table.",
+                locks as f64,
+            ),
+            (
+                "psl_manager_verdicts_total",
+                "counter",
+                "Lock verdicts sealed.",
+                verdicts as f64,
+            ),
+            (
+                "psl_manager_chain_seq",
+                "gauge",
+                "Sequence number of the manager's latest record.",
+                head as f64,
+            ),
+            (
+                "psl_manager_waiting_acquires",
+                "gauge",
+                "Acquires queued for a lock.",
+                waiting as f64,
+            ),
+        ];
+        for (name, kind, help, value) in rows {
+            metric(&mut out, name, kind, help, value);
+        }
+        out
+    }
 }
 
 fn respond(shared: &Shared, message: &BusMessage, payload: Vec<u8>) {

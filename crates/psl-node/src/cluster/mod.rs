@@ -14,6 +14,7 @@ pub mod channel;
 pub mod gateway;
 pub mod link;
 pub mod manager;
+pub mod process;
 pub mod wire;
 pub mod worker;
 
@@ -75,6 +76,8 @@ pub struct NodeConfig {
 pub struct ManagerConfig {
     /// Where to write the policy the manager enrolls under (for `psl attest --policy`).
     pub policy_out: Option<PathBuf>,
+    /// Address to serve `GET /metrics` and `GET /health` on (none by default).
+    pub metrics_listen: Option<String>,
 }
 
 /// Worker options.
@@ -87,6 +90,8 @@ pub struct WorkerConfig {
     pub functions: BTreeMap<String, PathBuf>,
     /// Longest run of one invocation, in milliseconds.
     pub execution_time_max_ms: u64,
+    /// Address to serve `GET /metrics` and `GET /health` on (none by default).
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -95,6 +100,7 @@ impl Default for WorkerConfig {
             threads: 4,
             functions: BTreeMap::new(),
             execution_time_max_ms: 30_000,
+            metrics_listen: None,
         }
     }
 }
@@ -259,6 +265,54 @@ impl NodeConfig {
             Duration::from_millis(self.worker.execution_time_max_ms.max(1));
         config
     }
+}
+
+/// Serves `GET /metrics` (Prometheus text from `source`) and `GET /health` on `listen`, on a
+/// thread of its own; returns the bound address.
+pub fn serve_metrics(
+    listen: &str,
+    source: crate::gateway::MetricsSource,
+) -> Result<std::net::SocketAddr, ClusterError> {
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| ClusterError::Setup(format!("binding {listen}: {e}")))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| ClusterError::Setup(e.to_string()))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| ClusterError::Setup(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClusterError::Setup(e.to_string()))?;
+    std::thread::Builder::new()
+        .name("psl-metrics".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let router =
+                    axum::Router::new()
+                        .route("/health", axum::routing::get(|| async { "ok\n" }))
+                        .route(
+                            "/metrics",
+                            axum::routing::get(move || {
+                                let source = source.clone();
+                                async move {
+                                    ([("content-type", "text/plain; version=0.0.4")], source())
+                                }
+                            }),
+                        );
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        if let Err(e) = axum::serve(listener, router).await {
+                            tracing::error!(%e, "metrics server stopped");
+                        }
+                    }
+                    Err(e) => tracing::error!(%e, "metrics listener"),
+                }
+            });
+        })
+        .map_err(|e| ClusterError::Setup(e.to_string()))?;
+    Ok(address)
 }
 
 #[cfg(test)]

@@ -44,7 +44,37 @@ struct HeldGrant {
 pub(crate) struct Worker {
     pub(crate) slot: Mutex<Slot>,
     pub(crate) applied: Condvar,
+    /// Records sealed and on their way to the store (see [`AppendQueue`]).
+    appends: Mutex<AppendQueue>,
+    appends_changed: Condvar,
 }
+
+/// A worker's sealed records on their way to the store, in chain order. Flushes queue their
+/// records under the slot lock and wait (without it) until `durable` reaches their head; the
+/// worker's appender thread appends whatever is queued in one call, then multicasts it.
+struct AppendQueue {
+    /// The worker incarnation these records belong to.
+    incarnation: u64,
+    pending: Vec<SealedRecord>,
+    /// This incarnation's records up to this seq are durable (its genesis, seq 0, always is).
+    durable: u64,
+    /// The store refused or failed an append: this incarnation is done.
+    failed: Option<String>,
+}
+
+impl AppendQueue {
+    fn new(incarnation: u64) -> Self {
+        AppendQueue {
+            incarnation,
+            pending: Vec::new(),
+            durable: 0,
+            failed: None,
+        }
+    }
+}
+
+/// How long a flush waits for the store's acknowledgement.
+const APPEND_WAIT_MAX: Duration = Duration::from_secs(60);
 
 /// Counters of the worker side.
 #[derive(Default)]
@@ -112,6 +142,8 @@ impl Inner {
                     held: BTreeMap::new(),
                 }),
                 applied: Condvar::new(),
+                appends: Mutex::new(AppendQueue::new(1)),
+                appends_changed: Condvar::new(),
             }));
         }
         let inner = Arc::new(Inner {
@@ -130,6 +162,11 @@ impl Inner {
             std::thread::Builder::new()
                 .name(format!("psl-scl-rx-{index}"))
                 .spawn(move || receive_loop(&weak, index, &rx))
+                .map_err(|e| ClusterError::Setup(e.to_string()))?;
+            let weak = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name(format!("psl-scl-append-{index}"))
+                .spawn(move || append_loop(&weak, index))
                 .map_err(|e| ClusterError::Setup(e.to_string()))?;
         }
         for genesis in genesis_records {
@@ -331,7 +368,7 @@ impl Inner {
         release: Option<(&[u8], u64)>,
     ) -> Result<Flushed, StateError> {
         let worker = &self.workers[index];
-        let (records, flushed) = {
+        let (incarnation, flushed) = {
             let mut slot = worker.slot.lock();
             if session.is_some_and(|(incarnation, _, _)| incarnation != slot.incarnation) {
                 return Err(restarted());
@@ -358,28 +395,24 @@ impl Inner {
                     None => break,
                 }
             }
-            if !records.is_empty() {
+            let sealed_any = !records.is_empty();
+            if sealed_any {
                 for held in slot.held.values_mut().filter(|held| mine(held)) {
                     held.sealed_under = true;
                 }
             }
             let writer = slot.core.replica().writer();
             let head = slot.core.replica().applied(&writer);
-            // Append under the slot lock so this worker's records reach the store in order.
-            // One fsync per flush, shared with concurrent flushes of other workers and the
-            // manager's appender (group commit): earlier chunks are written without one (the
-            // store syncs a segment when it rotates to the next), the last one makes all durable.
-            let chunks = append_chunks(&records);
-            let last = chunks.len().saturating_sub(1);
-            for (i, chunk) in chunks.into_iter().enumerate() {
-                let durability = if i == last {
-                    Durability::Batch
-                } else {
-                    Durability::Never
-                };
-                self.store
-                    .append(chunk, durability)
-                    .map_err(|e| StateError::Unavailable(format!("record store: {e}")))?;
+            let incarnation = slot.incarnation;
+            // Queued in chain order (under the slot lock); the worker's appender thread makes
+            // them durable, then multicasts them. No lock is held during the store's I/O, and
+            // concurrent flushes share one append (group commit: one fsync, or one pipelined
+            // JetStream batch).
+            if !records.is_empty() {
+                let mut queue = worker.appends.lock();
+                queue.pending.extend(records);
+                drop(queue);
+                worker.appends_changed.notify_all();
             }
             let mut released_fenced = false;
             if let Some((lock, token)) = release
@@ -388,17 +421,17 @@ impl Inner {
                 released_fenced = held.sealed_under;
                 slot.core.note_release(lock, token);
             }
-            let still_held = if records.is_empty() {
-                Vec::new()
-            } else {
+            let still_held = if sealed_any {
                 slot.held
                     .iter()
                     .filter(|(_, held)| mine(held))
                     .map(|((lock, token), held)| (lock.clone(), *token, held.holder))
                     .collect()
+            } else {
+                Vec::new()
             };
             (
-                records,
+                incarnation,
                 Flushed {
                     head,
                     writer,
@@ -407,10 +440,30 @@ impl Inner {
                 },
             )
         };
-        for record in &records {
-            self.broadcast(record);
+        // Ack point: everything this worker sealed up to `head` is durable (records sealed by
+        // a concurrent flush included: they may hold this session's writes).
+        let mut queue = worker.appends.lock();
+        let deadline = Instant::now() + APPEND_WAIT_MAX;
+        loop {
+            if queue.incarnation != incarnation {
+                return Err(restarted());
+            }
+            if let Some(e) = &queue.failed {
+                return Err(StateError::Unavailable(format!("record store: {e}")));
+            }
+            if queue.durable >= flushed.head {
+                return Ok(flushed);
+            }
+            if worker
+                .appends_changed
+                .wait_until(&mut queue, deadline)
+                .timed_out()
+            {
+                return Err(StateError::Unavailable(
+                    "record store: no acknowledgement in time".into(),
+                ));
+            }
         }
-        Ok(flushed)
     }
 
     /// Acknowledges a flush under the grants the session still holds: its flushed records
@@ -445,6 +498,8 @@ impl Inner {
             slot.core = core;
             slot.incarnation += 1;
             slot.held.clear();
+            *worker.appends.lock() = AppendQueue::new(slot.incarnation);
+            worker.appends_changed.notify_all();
             holders
         };
         // Recovery: the new incarnation replays every chain in the store.
@@ -472,6 +527,78 @@ struct Flushed {
 
 fn restarted() -> StateError {
     StateError::Unavailable("the worker restarted; retry the invocation".into())
+}
+
+/// Appends worker `index`'s queued records: everything queued so far in one call (group
+/// commit), then multicasts them and wakes the flushes waiting for them. A failed append ends
+/// the incarnation: its chain has a gap the store will never fill, so the worker restarts.
+fn append_loop(inner: &std::sync::Weak<Inner>, index: usize) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let worker = Arc::clone(&strong.workers[index]);
+        drop(strong);
+        let (incarnation, records) = {
+            let mut queue = worker.appends.lock();
+            if queue.pending.is_empty() || queue.failed.is_some() {
+                worker
+                    .appends_changed
+                    .wait_for(&mut queue, Duration::from_millis(200));
+                continue;
+            }
+            (queue.incarnation, std::mem::take(&mut queue.pending))
+        };
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let chunks = append_chunks(&records);
+        let last = chunks.len().saturating_sub(1);
+        let mut result = Ok(());
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            // One fsync per batch: earlier chunks are written without one (the store syncs a
+            // segment when it rotates to the next), the last one makes all durable.
+            let durability = if i == last {
+                Durability::Batch
+            } else {
+                Durability::Never
+            };
+            if let Err(e) = inner.store.append(chunk, durability) {
+                result = Err(e.to_string());
+                break;
+            }
+        }
+        if result.is_ok() {
+            for record in &records {
+                inner.broadcast(record);
+            }
+        }
+        let failed = {
+            let mut queue = worker.appends.lock();
+            let current = queue.incarnation == incarnation;
+            match &result {
+                Ok(()) if current => {
+                    if let Some(last) = records.last() {
+                        queue.durable = queue.durable.max(last.seq());
+                    }
+                }
+                Err(e) if current => queue.failed = Some(e.clone()),
+                _ => {}
+            }
+            current && result.is_err()
+        };
+        worker.appends_changed.notify_all();
+        if failed {
+            tracing::error!(
+                worker = index,
+                ?result,
+                "append failed; restarting the worker"
+            );
+            if let Err(e) = inner.restart_worker(index) {
+                tracing::error!(worker = index, %e, "worker restart failed");
+            }
+        }
+    }
 }
 
 fn receive_loop(
@@ -624,11 +751,23 @@ impl SclSession {
 
     fn release(&mut self, position: usize) -> Result<(), StateError> {
         let held = self.held.swap_remove(position);
-        let flushed = self.inner().flush_worker(
+        let flushed = match self.inner().flush_worker(
             self.index,
             Some((self.incarnation, self.holder, self.tag)),
             Some((held.name.as_bytes(), held.token.0)),
-        )?;
+        ) {
+            Ok(flushed) => flushed,
+            Err(e) => {
+                // The grant left the worker's fence set but the flush did not become durable
+                // (the worker restarted, or the store failed): nobody else will release it.
+                // Forgetting this holder is the crash verdict: only what it acknowledged
+                // commits.
+                if let Err(forgot) = self.inner.link.forget(self.holder) {
+                    tracing::warn!(%forgot, "could not give up a grant after a failed flush");
+                }
+                return Err(e);
+            }
+        };
         // The records carry the session's other grants too: acknowledge them under those, or
         // an expiry of one of them later would refuse what this release made visible.
         self.inner().acknowledge(&flushed)?;
