@@ -120,6 +120,88 @@ struct Shared {
     functions: Vec<String>,
 }
 
+/// Every writer's head, from the record multicast: each record is verified (certificate,
+/// signature, chain) as it arrives, and gaps are filled from the store. Multicast records are
+/// durable (writers append before they multicast), so these are heads of the store, without
+/// the manager reading every record back from it.
+struct HeadTracker {
+    verifier: Mutex<psl_capsule::CapsuleVerifier>,
+}
+
+impl HeadTracker {
+    fn start(
+        metadata: &CapsuleMetadata,
+        store: Arc<dyn RecordStore>,
+        bus: &dyn Bus,
+        app: &str,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let subject = psl_nats::subjects::app_records("psl", app)
+            .map_err(|e| ClusterError::Setup(e.to_string()))?;
+        let subscription = bus
+            .subscribe(&subject, 1 << 16)
+            .map_err(|e| ClusterError::Setup(format!("bus: {e}")))?;
+        let tracker = Arc::new(HeadTracker {
+            verifier: Mutex::new(psl_capsule::CapsuleVerifier::new(metadata.clone())),
+        });
+        let weak = Arc::downgrade(&tracker);
+        std::thread::Builder::new()
+            .name("psl-mgr-heads".into())
+            .spawn(move || {
+                loop {
+                    match subscription.recv_timeout(Duration::from_millis(200)) {
+                        Ok(Some(message)) => {
+                            let Some(tracker) = weak.upgrade() else {
+                                return;
+                            };
+                            match message.decode_record() {
+                                Ok(record) => tracker.observe(record, store.as_ref()),
+                                Err(e) => tracing::debug!(%e, "undecodable bus message"),
+                            }
+                        }
+                        Ok(None) if weak.strong_count() > 0 => {}
+                        Ok(None) | Err(_) => return,
+                    }
+                }
+            })
+            .map_err(|e| ClusterError::Setup(e.to_string()))?;
+        Ok(tracker)
+    }
+
+    fn observe(&self, record: psl_capsule::SealedRecord, store: &dyn RecordStore) {
+        use psl_capsule::VerifyError;
+        let now = psl_capsule::Validity::At(crate::trust::now_s());
+        let mut verifier = self.verifier.lock();
+        let missing = match verifier.verify(&record, now) {
+            Ok(_) => return,
+            Err(VerifyError::Gap { writer, missing }) => Some((writer, missing)),
+            Err(VerifyError::UnknownWriter { writer, seq }) => Some((writer, 0..seq)),
+            Err(e) => {
+                tracing::debug!(%e, "a multicast record was not tracked");
+                None
+            }
+        };
+        // Fill the gap from the store (it holds every multicast record), then retry.
+        if let Some((writer, missing)) = missing {
+            let mut next = missing.start;
+            while next < missing.end {
+                let Ok(records) = store.read_range(writer, next..missing.end) else {
+                    return;
+                };
+                let Some(last) = records.last() else { return };
+                next = last.seq() + 1;
+                for earlier in &records {
+                    let _ = verifier.verify(earlier, now);
+                }
+            }
+            let _ = verifier.verify(&record, now);
+        }
+    }
+
+    fn heads(&self) -> Vec<psl_capsule::Head> {
+        self.verifier.lock().heads()
+    }
+}
+
 /// A running manager node.
 pub struct ManagerNode {
     shared: Arc<Shared>,
@@ -156,12 +238,15 @@ impl ManagerNode {
             pending: Mutex::new(HashMap::new()),
             sent: Mutex::new(HashMap::new()),
         });
+        let tracker = HeadTracker::start(&metadata, Arc::clone(&store), bus.as_ref(), app)?;
+        let heads: crate::scl::host::HeadSource = Arc::new(move || Some(tracker.heads()));
         let host = ManagerHost::start(
             manager,
             store,
             Arc::clone(&bus),
             app,
             Arc::clone(&grants) as Arc<dyn GrantSink>,
+            Some(heads),
         )?;
         let shared = Arc::new(Shared {
             app: app.to_string(),

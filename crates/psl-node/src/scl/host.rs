@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak, mpsc};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use psl_capsule::{SealedRecord, WriterId};
+use psl_capsule::{Head, SealedRecord, WriterId};
 use psl_nats::Bus;
 use psl_runtime::StateError;
 use psl_scl::lock::Grant;
@@ -22,6 +22,10 @@ const TICK: Duration = Duration::from_millis(20);
 const REPORT_EVERY: Duration = Duration::from_millis(500);
 /// Bytes appended to the store in one call at most (the store refuses more than 16 MiB).
 const APPEND_BYTES_MAX: usize = 8 << 20;
+
+/// Where the manager's sync reports get the heads of every writer from (default: the record
+/// store's `heads`).
+pub(crate) type HeadSource = Arc<dyn Fn() -> Option<Vec<Head>> + Send + Sync>;
 
 /// Where the manager's grants go once its records they depend on are on their way.
 pub(crate) trait GrantSink: Send + Sync {
@@ -47,6 +51,7 @@ pub(crate) struct ManagerHost {
     app: String,
     started: Instant,
     sink: Arc<dyn GrantSink>,
+    heads: Option<HeadSource>,
 }
 
 impl ManagerHost {
@@ -58,6 +63,7 @@ impl ManagerHost {
         bus: Arc<dyn Bus>,
         app: &str,
         sink: Arc<dyn GrantSink>,
+        heads: Option<HeadSource>,
     ) -> Result<Arc<Self>, ClusterError> {
         let (append_tx, append_rx) = mpsc::channel();
         let host = Arc::new(ManagerHost {
@@ -69,6 +75,7 @@ impl ManagerHost {
             app: app.to_string(),
             started: Instant::now(),
             sink,
+            heads,
         });
         let weak = Arc::downgrade(&host);
         std::thread::Builder::new()
@@ -203,7 +210,11 @@ fn tick_loop(host: &Weak<ManagerHost>) {
         host.sink.tick(host.now_ms());
         if last_report.elapsed() >= REPORT_EVERY {
             last_report = Instant::now();
-            if let Ok(heads) = host.store.heads() {
+            let heads = match &host.heads {
+                Some(source) => source(),
+                None => host.store.heads().ok(),
+            };
+            if let Some(heads) = heads {
                 let reported = host.with_manager(|manager, _| {
                     let record = manager
                         .sync_report(&heads)

@@ -200,6 +200,7 @@ impl SclCluster {
             Arc::clone(&bus),
             APP,
             Arc::clone(&board) as Arc<dyn host::GrantSink>,
+            None,
         )?;
         let local = Arc::new(LocalLink {
             host,
