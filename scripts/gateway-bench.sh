@@ -45,7 +45,7 @@ run_points() { # mode url
     body=world; [ "$fn" = counter ] && body=c
     for c in 1 8 32; do
       local file="$out/$mode-$fn-c$c.txt"
-      BODY=$body wrk -t2 -c"$c" -d"${secs}s" --latency -s "$work/post.lua" "$url/invoke/$fn" > "$file"
+      BODY=$body wrk -t"$(( c < 2 ? 1 : 2 ))" -c"$c" -d"${secs}s" --latency -s "$work/post.lua" "$url/invoke/$fn" > "$file"
       local rps p50 p90 p99 errors
       rps=$(awk '/Requests\/sec/ {print $2}' "$file")
       p50=$(awk '$1=="50%" {print $2}' "$file")

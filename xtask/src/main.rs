@@ -150,12 +150,19 @@ fn main() -> ExitCode {
                 .args(["test", "--release", "--workspace"])
                 .args(&rest))
         }),
-        "bench" => build_guests().and_then(|()| {
-            run(cargo()
-                .current_dir(&root)
-                .args(["run", "--release", "-p", "psl-bench", "--"])
-                .args(&rest))
-        }),
+        "bench" => build_guests()
+            // The cluster-mode targets start `psl node` processes: build `psl` next to the bench.
+            .and_then(|()| {
+                run(cargo()
+                    .current_dir(&root)
+                    .args(["build", "--release", "-p", "psl-cli"]))
+            })
+            .and_then(|()| {
+                run(cargo()
+                    .current_dir(&root)
+                    .args(["run", "--release", "-p", "psl-bench", "--"])
+                    .args(&rest))
+            }),
         _ => Err("usage: cargo xtask <dev|test|guests|bench> [ARGS]".into()),
     };
     match result {

@@ -126,6 +126,7 @@ fn wasm_ycsb_on_local_state_runs_every_workload() {
 fn invoke(target: &WasmTarget, input: Vec<u8>) -> Result<Vec<u8>, InvokeError> {
     target
         .platform(0)
+        .unwrap()
         .invoke(psl_bench::ycsb::wasm::FUNCTION, input)
         .unwrap()
         .result

@@ -286,3 +286,53 @@ fn a_lock_holder_stopped_past_its_lease_is_fenced() {
     assert_eq!(ok(&url, "slow", "c"), "6");
     assert_eq!(ok(&url, "counter", "c"), "7");
 }
+
+#[test]
+fn psl_up_starts_a_cluster_of_processes_and_runs_the_examples() {
+    if psl_nats::testing::server_binary().is_none() {
+        // Same rule as the other cluster tests: skip without a server unless CI requires it.
+        assert!(
+            std::env::var("PSL_REQUIRE_NATS").is_ok_and(|v| v != "1")
+                || std::env::var("PSL_REQUIRE_NATS").is_err(),
+            "nats-server is required (PSL_REQUIRE_NATS=1)"
+        );
+        eprintln!(
+            "SKIP psl_up_starts_a_cluster_of_processes_and_runs_the_examples: no nats-server"
+        );
+        return;
+    }
+    let listen = {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap().to_string()
+    };
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_psl"))
+        .args([
+            "up",
+            "--nodes",
+            "2",
+            "--check",
+            "--listen",
+            &listen,
+            "--examples",
+        ])
+        .arg(root().join("guests/out"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "psl up failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for expected in [
+        "ready: manager",
+        "ready: gateway",
+        "counter: 1",
+        "counter: 2",
+        "bank: 4 accounts",
+        "bank: 400",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} missing:\n{stdout}");
+    }
+    assert_eq!(stdout.matches("ready: worker").count(), 2, "{stdout}");
+}

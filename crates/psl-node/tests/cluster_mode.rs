@@ -66,7 +66,7 @@ fn start(test: &str) -> Option<Nodes> {
 
 fn worker_with(
     nodes: &Nodes,
-    open: &dyn Fn(&CapsuleMetadata) -> Result<Arc<dyn RecordStore>, ClusterError>,
+    open: &psl_node::cluster::worker::OpenCapsuleStore<'_>,
     catch_up_max: Duration,
 ) -> Result<WorkerNode, ClusterError> {
     WorkerNode::start(

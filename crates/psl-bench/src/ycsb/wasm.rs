@@ -312,6 +312,14 @@ impl WasmTarget {
         }
     }
 
+    /// The platform of client thread `thread` (`None` through a gateway).
+    pub fn platform(&self, thread: usize) -> Option<&Platform> {
+        match &self.backend {
+            Backend::Local(platforms) => Some(&platforms[thread % platforms.len()]),
+            Backend::Gateway(..) => None,
+        }
+    }
+
     /// Invokes the guest on `input` on `thread`'s platform (or any worker).
     pub fn invoke(&self, thread: usize, input: Vec<u8>, ops: usize) -> anyhow::Result<Reply> {
         let output = match &self.backend {

@@ -202,6 +202,9 @@ impl HeadTracker {
     }
 }
 
+/// Serves one message of a subscription.
+type Handler = fn(&Shared, &BusMessage);
+
 /// A running manager node.
 pub struct ManagerNode {
     shared: Arc<Shared>,
@@ -263,7 +266,7 @@ impl ManagerNode {
             bus.subscribe(&subject, 4096)
                 .map_err(|e| ClusterError::Setup(format!("bus: {e}")))
         };
-        let served: [(&str, Subscription, fn(&Shared, &BusMessage)); 3] = [
+        let served: [(&str, Subscription, Handler); 3] = [
             (
                 "locks",
                 subscribe(wire::manager_subject(app))?,
