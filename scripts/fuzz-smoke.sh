@@ -9,7 +9,7 @@ seconds="${1:-30}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(record_decode record_verify store_open deploy_check scl_decode trust_decode)
+    targets=(record_decode record_verify store_open deploy_check scl_decode trust_decode cluster_decode)
 fi
 cd "$(dirname "$0")/../fuzz"
 for target in "${targets[@]}"; do
