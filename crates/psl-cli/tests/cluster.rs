@@ -213,11 +213,13 @@ fn counter_and_bank_through_the_gateway_survive_killed_workers_and_nats_servers(
     workers[0].kill();
     eprintln!("worker 0 killed");
     workers[0] = cluster.worker(&functions);
-    // A NATS server dies mid-load (SIGKILL): a minority of the JetStream cluster.
+    // A NATS server dies mid-load (SIGKILL): a minority of the JetStream cluster, and the
+    // leader of the capsule's stream (the harder case: appends wait for a new leader).
     wait_for(45);
-    cluster.nats.kill(1).unwrap();
+    let leader = cluster.nats.stream_leader("PSL_").unwrap_or(1);
+    cluster.nats.kill(leader).unwrap();
     let killed_at = done.load(Ordering::SeqCst);
-    eprintln!("nats-server 1 killed after {killed_at} iterations");
+    eprintln!("nats-server {leader} (the stream leader) killed after {killed_at} iterations");
     for client in clients {
         client.join().unwrap();
     }

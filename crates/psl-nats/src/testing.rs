@@ -301,6 +301,36 @@ impl NatsCluster {
         self.wait_ready(index)
     }
 
+    /// The index of the server leading the Raft group of the first stream whose name starts
+    /// with `prefix` (for example `PSL_`), as the running servers report it.
+    pub fn stream_leader(&self, prefix: &str) -> Option<usize> {
+        for server in self.servers.iter().filter(|s| s.child.is_some()) {
+            let Some(body) = http_get(server.http_port, "/jsz?streams=true") else {
+                continue;
+            };
+            let Ok(json) = serde_json::from_str::<serde_json::Value>(&body) else {
+                continue;
+            };
+            let Some(accounts) = json.get("account_details").and_then(|a| a.as_array()) else {
+                continue;
+            };
+            for account in accounts {
+                let Some(streams) = account.get("stream_detail").and_then(|s| s.as_array()) else {
+                    continue;
+                };
+                for stream in streams {
+                    let name = stream.get("name").and_then(|n| n.as_str()).unwrap_or("");
+                    if !name.starts_with(prefix) {
+                        continue;
+                    }
+                    let leader = stream.pointer("/cluster/leader").and_then(|l| l.as_str())?;
+                    return leader.strip_prefix('n')?.parse().ok();
+                }
+            }
+        }
+        None
+    }
+
     /// The end of server `index`'s log, for test failure messages.
     pub fn log(&self, index: usize) -> String {
         self.servers
@@ -322,20 +352,25 @@ impl Drop for NatsCluster {
 }
 
 fn healthz(port: u16) -> bool {
+    http_get(port, "/healthz").is_some()
+}
+
+/// The body of a 200 answer to `GET path` on a server's monitoring port.
+fn http_get(port: u16, path: &str) -> Option<String> {
     let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_millis(200)) else {
-        return false;
-    };
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok()?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let request =
-        format!("GET /healthz HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
+        format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
     let mut response = Vec::new();
-    let _ = stream.take(64 * 1024).read_to_end(&mut response);
+    let _ = stream.take(4 << 20).read_to_end(&mut response);
     let text = String::from_utf8_lossy(&response);
-    text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200")
+    if !(text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200")) {
+        return None;
+    }
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
 }
 
 fn log_tail(path: &Path) -> String {

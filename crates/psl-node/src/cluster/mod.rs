@@ -219,6 +219,9 @@ impl NodeConfig {
     pub fn connect(&self, name: &str) -> Result<NatsConnection, ClusterError> {
         let options = NatsOptions {
             name: name.to_string(),
+            // A publish whose acknowledgement was lost with a dying server is retried (with the
+            // same message id, so never duplicated) after this, instead of the default 5 s.
+            request_timeout: Duration::from_secs(2),
             ..NatsOptions::with_servers(self.nats.clone())
         };
         NatsConnection::connect(options).map_err(|e| ClusterError::Setup(format!("NATS: {e}")))
