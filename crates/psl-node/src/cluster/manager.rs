@@ -230,7 +230,8 @@ impl ManagerNode {
             .collect();
         let (trust, metadata) = ManagerTrust::prepare(trust, app, creation_params()?)?;
         let store: Arc<dyn RecordStore> = open_store(&metadata)?;
-        let manager = start_manager(&trust, &metadata, store.as_ref(), lease_ms.max(1))?;
+        let (manager, genesis) =
+            start_manager(&trust, &metadata, store.as_ref(), lease_ms.max(1))?;
         let keys = Arc::new(ChannelKeys::new(
             &trust.data_key(&metadata.id()),
             metadata.id(),
@@ -251,6 +252,7 @@ impl ManagerNode {
             Arc::clone(&grants) as Arc<dyn GrantSink>,
             Some(heads),
         )?;
+        host.broadcast(&genesis);
         let shared = Arc::new(Shared {
             app: app.to_string(),
             bus: Arc::clone(&bus),

@@ -153,7 +153,8 @@ impl ManagerHost {
         &self.store
     }
 
-    fn broadcast(&self, record: &SealedRecord) {
+    /// Multicasts one of the manager's records (already durable).
+    pub(crate) fn broadcast(&self, record: &SealedRecord) {
         // A lost multicast is repaired from the store (a gap, or the next sync report).
         if let Err(e) = self.bus.publish_record(&self.app, record) {
             tracing::warn!(%e, "multicast failed; receivers repair from the store");

@@ -96,13 +96,13 @@ pub(crate) fn creation_params() -> Result<CreationParams, ClusterError> {
 }
 
 /// Starts the manager's chain: keys, a certificate from the owner key, the state machine and
-/// its genesis record (appended durably before anything else).
+/// its genesis record (appended durably before anything else; returned to be multicast).
 pub(crate) fn start_manager(
     trust: &ManagerTrust,
     metadata: &CapsuleMetadata,
     store: &dyn RecordStore,
     lease_ms: u64,
-) -> Result<Manager, ClusterError> {
+) -> Result<(Manager, psl_capsule::SealedRecord), ClusterError> {
     let manager_keys = WriterKeyPair::from_seed(&random()?);
     let not_before = now_s().saturating_sub(60);
     let manager_cert = issue_certificate(
@@ -126,7 +126,7 @@ pub(crate) fn start_manager(
     )
     .map_err(|e| ClusterError::Setup(e.to_string()))?;
     store.append(std::slice::from_ref(&genesis), Durability::Always)?;
-    Ok(manager)
+    Ok((manager, genesis))
 }
 
 impl SclCluster {
@@ -192,7 +192,8 @@ impl SclCluster {
     ) -> Result<Self, ClusterError> {
         let (trust, metadata) = ManagerTrust::prepare(trust, "psl-dev", creation_params()?)?;
         let store = open_store(&metadata)?;
-        let manager = start_manager(&trust, &metadata, store.as_ref(), lease_ms.max(1))?;
+        let (manager, genesis) =
+            start_manager(&trust, &metadata, store.as_ref(), lease_ms.max(1))?;
         let board = Arc::new(GrantBoard::default());
         let host = host::ManagerHost::start(
             manager,
@@ -202,6 +203,7 @@ impl SclCluster {
             Arc::clone(&board) as Arc<dyn host::GrantSink>,
             None,
         )?;
+        host.broadcast(&genesis);
         let local = Arc::new(LocalLink {
             host,
             board,
