@@ -9,7 +9,7 @@ use psl_capsule::{CapsuleId, DataKey, WriterId};
 use psl_node::cluster::NodeConfig;
 use psl_node::cluster::channel::{ChannelKeys, Direction, ReplayWindow};
 use psl_node::cluster::wire::{
-    Invocation, ManagerReply, ManagerRequest, decode_answer, watermark_from_wire,
+    DeployFrame, Invocation, ManagerReply, ManagerRequest, decode_answer, watermark_from_wire,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -35,6 +35,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(Invocation::decode(&call.encode()).expect("re-decodes"), call);
     }
     let _ = decode_answer(data);
+    if let Ok(frame) = DeployFrame::decode(data) {
+        assert_eq!(DeployFrame::decode(&frame.encode()).expect("re-decodes"), frame);
+    }
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(config) = NodeConfig::parse(text) {
             let _ = config.sim_root();

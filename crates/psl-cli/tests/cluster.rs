@@ -287,6 +287,33 @@ fn a_lock_holder_stopped_past_its_lease_is_fenced() {
     // A (a new incarnation, if it restarted) sees exactly B's increments.
     assert_eq!(ok(&url, "slow", "c"), "6");
     assert_eq!(ok(&url, "counter", "c"), "7");
+    // `psl deploy` through the cluster gateway reaches the running workers.
+    let psl = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_psl"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "psl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let hello = guest("hello");
+    let deployed = psl(&[
+        "deploy",
+        "greeter",
+        hello.to_str().unwrap(),
+        "--server",
+        &url,
+    ]);
+    assert!(deployed.starts_with("deployed greeter"), "{deployed}");
+    assert_eq!(
+        psl(&["invoke", "greeter", "Ada", "--server", &url]).trim(),
+        "Hello, Ada!"
+    );
+    assert!(psl(&["functions", "--server", &url]).contains("greeter"));
 }
 
 #[test]

@@ -15,7 +15,7 @@ use psl_nats::testing::{ClusterOptions, NatsCluster};
 use psl_nats::{Bus, JetStreamOptions, JetStreamStore, NatsBus, NatsConnection, NatsOptions};
 use psl_node::cluster::gateway::GatewayNode;
 use psl_node::cluster::manager::ManagerNode;
-use psl_node::cluster::wire::InvokeStatus;
+use psl_node::cluster::wire::{ErrorKind, InvokeStatus, ManagerReply};
 use psl_node::cluster::worker::{WorkerNode, WorkerOptions};
 use psl_node::scl::ClusterError;
 use psl_node::trust::SimTrust;
@@ -69,10 +69,22 @@ fn worker_with(
     open: &psl_node::cluster::worker::OpenCapsuleStore<'_>,
     catch_up_max: Duration,
 ) -> Result<WorkerNode, ClusterError> {
+    worker_deploying(nodes, open, catch_up_max, &["counter"])
+}
+
+fn worker_deploying(
+    nodes: &Nodes,
+    open: &psl_node::cluster::worker::OpenCapsuleStore<'_>,
+    catch_up_max: Duration,
+    functions: &[&str],
+) -> Result<WorkerNode, ClusterError> {
     WorkerNode::start(
         WorkerOptions {
             app: APP.into(),
-            functions: vec![("counter".into(), common::module_path("counter"))],
+            functions: functions
+                .iter()
+                .map(|f| (f.to_string(), common::module_path(f)))
+                .collect(),
             threads: 2,
             runtime: RuntimeConfig::default(),
             catch_up_max,
@@ -263,4 +275,54 @@ fn a_worker_on_a_rolled_back_store_refuses_to_serve() {
     drop(first);
     assert_eq!(call(&gateway, "counter", "c"), "6");
     drop(second);
+}
+
+#[test]
+fn functions_deployed_through_the_gateway_reach_running_and_later_workers() {
+    let Some(nodes) =
+        start("functions_deployed_through_the_gateway_reach_running_and_later_workers")
+    else {
+        return;
+    };
+    let open_for = |nodes: &Nodes| {
+        let conn = connect(&nodes.nats);
+        move |metadata: &CapsuleMetadata| -> Result<Arc<dyn RecordStore>, ClusterError> {
+            let (store, _) = JetStreamStore::open(&conn, metadata.id(), options())
+                .map_err(|e| ClusterError::Setup(e.to_string()))?;
+            Ok(Arc::new(store))
+        }
+    };
+    let first = worker_deploying(&nodes, &open_for(&nodes), Duration::from_secs(10), &[]).unwrap();
+    let gateway = gateway(&nodes);
+    // Nobody serves it yet.
+    assert!(matches!(
+        gateway.invoke("counter", b"c".to_vec()),
+        Err(psl_node::cluster::gateway::GatewayError::NoWorkers(_))
+    ));
+    match gateway
+        .deploy("counter", common::module("counter"))
+        .unwrap()
+    {
+        ManagerReply::Deployed { served, .. } => assert!(served, "no worker served it"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(call(&gateway, "counter", "c"), "1");
+    assert!(first.platform().list().iter().any(|f| f.name == "counter"));
+    // A bad module and a bad name are refused, and nothing changes.
+    match gateway.deploy("junk", b"not wasm".to_vec()).unwrap() {
+        ManagerReply::Error { kind, .. } => assert_eq!(kind, ErrorKind::BadModule),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        gateway.deploy("Bad Name", common::module("hello")).unwrap(),
+        ManagerReply::Error {
+            kind: ErrorKind::BadModule,
+            ..
+        }
+    ));
+    // A worker that starts later fetches it from the manager and serves it.
+    let second = worker_deploying(&nodes, &open_for(&nodes), Duration::from_secs(10), &[]).unwrap();
+    assert!(second.platform().list().iter().any(|f| f.name == "counter"));
+    drop(first);
+    assert_eq!(call(&gateway, "counter", "c"), "2");
 }

@@ -3,10 +3,12 @@
 //! The gateway enrolls like a worker (attested; it receives the data key, so it can seal
 //! invocations for the workers and open their answers) but never writes to the capsule.
 //! `POST /invoke/{name}` returns the function's output; errors are JSON `{"error", "kind"}`
-//! with 404 unknown function (no worker serves it), 413 a limit, 422 the function failed, 503 busy or no worker,
-//! 504 deadline or timeout. `GET /health`, `GET /metrics` (Prometheus text), and
-//! `POST /attest` (forwarded to the manager). Deploying over HTTP is not supported in cluster
-//! mode (501): workers load their functions from their configuration.
+//! with 404 unknown function (no worker serves it), 413 a limit, 422 the function failed,
+//! 503 busy, 504 deadline or timeout. `GET /health`, `GET /metrics` (Prometheus text), and
+//! `POST /attest` (forwarded to the manager). `PUT /functions/{name}` (body: the module) goes
+//! to the manager, which validates it, checks it against the policy, keeps it for workers that
+//! start later and sends it to the running ones; it answers once one worker serves it.
+//! `GET /functions` lists what was deployed that way.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -166,6 +168,15 @@ impl GatewayNode {
         Ok((status, body.to_vec()))
     }
 
+    /// Deploys a module under `name` through the manager (see the module docs).
+    pub fn deploy(
+        &self,
+        name: &str,
+        module: Vec<u8>,
+    ) -> Result<super::wire::ManagerReply, psl_runtime::StateError> {
+        self.link.deploy(name, module)
+    }
+
     /// Forwards a prepare challenge to the manager; its offer.
     pub fn attest(&self, challenge: &[u8]) -> Result<Vec<u8>, String> {
         let reply = self
@@ -253,7 +264,8 @@ impl GatewayNode {
                     }
                 }),
             )
-            .route("/functions/{name}", put(deploy_refused))
+            .route("/functions", get(list))
+            .route("/functions/{name}", put(deploy))
             .route("/invoke/{name}", post(invoke))
             .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
             .with_state(Arc::clone(self))
@@ -294,12 +306,61 @@ fn error(status: StatusCode, kind: &str, message: String) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn deploy_refused() -> Response {
-    error(
-        StatusCode::NOT_IMPLEMENTED,
-        "deploy_not_supported",
-        "cluster mode: workers load their functions from their configuration".into(),
-    )
+async fn deploy(
+    State(node): State<Arc<GatewayNode>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let max = node.link.bus().max_payload().saturating_sub(1024);
+    if body.len() > max {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "module_too_large",
+            format!("modules deployed over NATS are at most {max} bytes"),
+        );
+    }
+    let result = tokio::task::spawn_blocking(move || {
+        node.link.deploy(&name, body.to_vec()).map(|r| (name, r))
+    })
+    .await;
+    match result {
+        Ok(Ok((name, super::wire::ManagerReply::Deployed { id, served }))) => {
+            axum::Json(serde_json::json!({ "name": name, "id": id, "served": served }))
+                .into_response()
+        }
+        Ok(Ok((_, super::wire::ManagerReply::Error { kind, message }))) => {
+            let (status, kind) = match kind {
+                super::wire::ErrorKind::BadModule => (StatusCode::BAD_REQUEST, "bad_module"),
+                super::wire::ErrorKind::NotAllowed => {
+                    (StatusCode::FORBIDDEN, "function_not_allowed")
+                }
+                super::wire::ErrorKind::Limit => (StatusCode::PAYLOAD_TOO_LARGE, "limit_exceeded"),
+                _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            };
+            error(status, kind, message)
+        }
+        Ok(Ok((_, other))) => error(
+            StatusCode::BAD_GATEWAY,
+            "unavailable",
+            format!("unexpected answer {other:?}"),
+        ),
+        Ok(Err(e)) => error(StatusCode::BAD_GATEWAY, "unavailable", e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+async fn list(State(node): State<Arc<GatewayNode>>) -> Response {
+    match tokio::task::spawn_blocking(move || node.link.list_functions()).await {
+        Ok(Ok(list)) => {
+            let list: Vec<_> = list
+                .into_iter()
+                .map(|(name, id)| serde_json::json!({ "name": name, "kind": format!("wasm:{id}") }))
+                .collect();
+            axum::Json(list).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::BAD_GATEWAY, "unavailable", e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
 }
 
 async fn invoke(

@@ -34,6 +34,8 @@ pub struct Hello {
     pub heads: Vec<(WriterId, u64)>,
     /// Module hashes the policy allows (empty: any).
     pub functions: Vec<String>,
+    /// Functions deployed through a gateway: name and module id.
+    pub deployed: Vec<(String, String)>,
 }
 
 struct Channel {
@@ -145,11 +147,13 @@ impl BusLink {
                 lease_ms,
                 heads,
                 functions,
+                deployed,
             } => Hello {
                 manager: WriterId(manager),
                 lease: Duration::from_millis(lease_ms),
                 heads: heads.into_iter().map(|(w, s)| (WriterId(w), s)).collect(),
                 functions,
+                deployed,
             },
             other => {
                 return Err(ClusterError::Setup(format!(
@@ -205,6 +209,24 @@ impl BusLink {
         Ok(opened.payload)
     }
 
+    /// Sends `plain` sealed on `subject`; the opened reply.
+    fn request_raw(
+        &self,
+        subject: &str,
+        plain: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RequestError> {
+        let (counter, sealed) = self.seal_request(plain)?;
+        let reply = self
+            .bus
+            .request(subject, Bytes::from(sealed), timeout)
+            .map_err(|e| match e {
+                BusError::Timeout { .. } => RequestError::Timeout,
+                other => RequestError::Other(StateError::Unavailable(format!("manager: {other}"))),
+            })?;
+        Ok(self.open_reply(counter, &reply.payload)?)
+    }
+
     fn request(
         &self,
         request: &ManagerRequest,
@@ -212,22 +234,48 @@ impl BusLink {
     ) -> Result<ManagerReply, RequestError> {
         let plain = serde_json::to_vec(request)
             .map_err(|e| StateError::Unavailable(format!("encoding a request: {e}")))?;
-        let (counter, sealed) = self.seal_request(&plain)?;
-        let reply = self
-            .bus
-            .request(
-                &wire::manager_subject(&self.app),
-                Bytes::from(sealed),
-                timeout,
-            )
-            .map_err(|e| match e {
-                BusError::Timeout { .. } => RequestError::Timeout,
-                other => RequestError::Other(StateError::Unavailable(format!("manager: {other}"))),
-            })?;
-        let plain = self.open_reply(counter, &reply.payload)?;
+        let plain = self.request_raw(&wire::manager_subject(&self.app), &plain, timeout)?;
         serde_json::from_slice(&plain).map_err(|e| {
             RequestError::Other(StateError::Unavailable(format!("manager reply: {e}")))
         })
+    }
+
+    /// Deploys a module through the manager (gateway): the manager's answer.
+    pub fn deploy(&self, name: &str, module: Vec<u8>) -> Result<ManagerReply, StateError> {
+        let frame = wire::DeployFrame {
+            name: name.to_string(),
+            module,
+        };
+        let plain = self.request_raw(
+            &wire::deploy_subject(&self.app),
+            &frame.encode(),
+            Duration::from_secs(60),
+        )?;
+        serde_json::from_slice(&plain)
+            .map_err(|e| StateError::Unavailable(format!("manager reply: {e}")))
+    }
+
+    /// The functions deployed through gateways.
+    pub fn list_functions(&self) -> Result<Vec<(String, String)>, StateError> {
+        match self.request(&ManagerRequest::ListFunctions, REQUEST_TIMEOUT)? {
+            ManagerReply::Functions(list) => Ok(list),
+            other => Err(reply_error(b"", other)),
+        }
+    }
+
+    /// Fetches a deployed module by name from the manager (worker start).
+    pub fn fetch_module(&self, name: &str) -> Result<Vec<u8>, StateError> {
+        let module = self.request_raw(
+            &wire::modules_subject(&self.app),
+            name.as_bytes(),
+            Duration::from_secs(30),
+        )?;
+        if module.is_empty() {
+            return Err(StateError::Unavailable(format!(
+                "the manager has no function {name:?}"
+            )));
+        }
+        Ok(module)
     }
 
     fn expect_done(&self, name: &[u8], request: &ManagerRequest) -> Result<(), StateError> {
@@ -248,9 +296,10 @@ fn reply_error(name: &[u8], reply: ManagerReply) -> StateError {
             ErrorKind::Fenced => StateError::Fenced,
             ErrorKind::Timeout => StateError::LockTimeout(name),
             ErrorKind::Limit => StateError::Limit(message),
-            ErrorKind::Unavailable | ErrorKind::NotEnrolled => {
-                StateError::Unavailable(format!("manager: {message}"))
-            }
+            ErrorKind::Unavailable
+            | ErrorKind::NotEnrolled
+            | ErrorKind::BadModule
+            | ErrorKind::NotAllowed => StateError::Unavailable(format!("manager: {message}")),
         },
         other => StateError::Unavailable(format!("unexpected manager reply {other:?}")),
     }

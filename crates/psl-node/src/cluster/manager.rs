@@ -86,6 +86,47 @@ fn seal_reply(keys: &ChannelKeys, sender: WriterId, counter: u64, reply: &Manage
     keys.seal(Direction::Reply, sender, counter, &plain)
 }
 
+/// Functions deployed most.
+const FUNCTIONS_MAX: usize = 256;
+/// Module bytes the registry keeps at most.
+const REGISTRY_BYTES_MAX: usize = 512 << 20;
+/// How long a deploy waits for the first worker to serve the function.
+const DEPLOY_WAIT: Duration = Duration::from_secs(30);
+
+/// Functions deployed through the gateway: name to module id and bytes. New and restarted
+/// workers fetch them at start; running workers get a notice at each deploy.
+#[derive(Default)]
+struct Registry {
+    functions: std::collections::BTreeMap<String, (String, Arc<Vec<u8>>)>,
+    bytes: usize,
+}
+
+impl Registry {
+    fn list(&self) -> Vec<(String, String)> {
+        self.functions
+            .iter()
+            .map(|(name, (id, _))| (name.clone(), id.clone()))
+            .collect()
+    }
+
+    fn insert(&mut self, name: &str, id: String, module: Vec<u8>) -> Result<(), String> {
+        let old = self.functions.get(name).map_or(0, |(_, m)| m.len());
+        if old == 0 && self.functions.len() >= FUNCTIONS_MAX {
+            return Err(format!("at most {FUNCTIONS_MAX} functions"));
+        }
+        let bytes = self.bytes - old + module.len();
+        if bytes > REGISTRY_BYTES_MAX {
+            return Err(format!(
+                "deployed modules would exceed {REGISTRY_BYTES_MAX} bytes"
+            ));
+        }
+        self.bytes = bytes;
+        self.functions
+            .insert(name.to_string(), (id, Arc::new(module)));
+        Ok(())
+    }
+}
+
 /// The manager's admission of senders: enrolled writers, and their replay windows.
 #[derive(Default)]
 struct Senders {
@@ -118,6 +159,9 @@ struct Shared {
     grants: Arc<RemoteGrants>,
     lease_ms: u64,
     functions: Vec<String>,
+    registry: Mutex<Registry>,
+    /// Counter of the manager's own sealed requests (deploy notices).
+    counter: std::sync::atomic::AtomicU64,
 }
 
 /// Every writer's head, from the record multicast: each record is verified (certificate,
@@ -230,8 +274,7 @@ impl ManagerNode {
             .collect();
         let (trust, metadata) = ManagerTrust::prepare(trust, app, creation_params()?)?;
         let store: Arc<dyn RecordStore> = open_store(&metadata)?;
-        let (manager, genesis) =
-            start_manager(&trust, &metadata, store.as_ref(), lease_ms.max(1))?;
+        let (manager, genesis) = start_manager(&trust, &metadata, store.as_ref(), lease_ms.max(1))?;
         let keys = Arc::new(ChannelKeys::new(
             &trust.data_key(&metadata.id()),
             metadata.id(),
@@ -263,12 +306,14 @@ impl ManagerNode {
             grants,
             lease_ms: lease_ms.max(1),
             functions,
+            registry: Mutex::new(Registry::default()),
+            counter: std::sync::atomic::AtomicU64::new(0),
         });
         let subscribe = |subject: String| -> Result<Subscription, ClusterError> {
             bus.subscribe(&subject, 4096)
                 .map_err(|e| ClusterError::Setup(format!("bus: {e}")))
         };
-        let served: [(&str, Subscription, Handler); 3] = [
+        let served: [(&str, Subscription, Handler); 5] = [
             (
                 "locks",
                 subscribe(wire::manager_subject(app))?,
@@ -283,6 +328,16 @@ impl ManagerNode {
                 "attest",
                 subscribe(wire::attest_subject(app))?,
                 serve_attest,
+            ),
+            (
+                "deploy",
+                subscribe(wire::deploy_subject(app))?,
+                serve_deploy,
+            ),
+            (
+                "modules",
+                subscribe(wire::modules_subject(app))?,
+                serve_module,
             ),
         ];
         for (name, subscription, handler) in served {
@@ -420,6 +475,92 @@ fn serve_enroll(shared: &Shared, message: &BusMessage) {
     respond(shared, message, payload);
 }
 
+/// A deploy from a gateway: validate the module, check it against the policy, keep it, and
+/// send it to every worker; answers once one worker serves it (or after [`DEPLOY_WAIT`]).
+fn serve_deploy(shared: &Shared, message: &BusMessage) {
+    let Some(opened) = admit(shared, message) else {
+        return;
+    };
+    let reply = deploy(shared, &opened.payload);
+    respond(
+        shared,
+        message,
+        seal_reply(&shared.keys, opened.sender, opened.counter, &reply),
+    );
+}
+
+fn deploy(shared: &Shared, frame: &[u8]) -> ManagerReply {
+    let frame = match wire::DeployFrame::decode(frame) {
+        Ok(frame) => frame,
+        Err(e) => return error(ErrorKind::BadModule, e),
+    };
+    let limits = psl_runtime::RuntimeConfig::default().limits;
+    if let Err(e) = psl_runtime::module::inspect(
+        &frame.module,
+        &limits.module,
+        limits.invocation.memory_bytes_max as u64,
+    ) {
+        return error(ErrorKind::BadModule, e);
+    }
+    if let Err(e) = shared.trust.lock().check_function(&frame.module) {
+        return error(ErrorKind::NotAllowed, e);
+    }
+    let id = psl_runtime::FunctionId::of(&frame.module).to_hex();
+    if let Err(e) = shared
+        .registry
+        .lock()
+        .insert(&frame.name, id.clone(), frame.module.clone())
+    {
+        return error(ErrorKind::Limit, e);
+    }
+    tracing::info!(function = %frame.name, module = %id, "deployed");
+    // Every running worker gets the module (sealed by the manager); the first that serves it
+    // answers.
+    let counter = shared
+        .counter
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        + 1;
+    let me = shared.host.writer_id();
+    let notice = shared
+        .keys
+        .seal(Direction::Request, me, counter, &frame.encode());
+    let served = match shared.bus.request(
+        &wire::functions_subject(&shared.app),
+        Bytes::from(notice),
+        DEPLOY_WAIT,
+    ) {
+        Ok(answer) => shared
+            .keys
+            .open(Direction::Reply, &answer.payload)
+            .is_ok_and(|o| o.sender == me && o.counter == counter && o.payload == b"ok"),
+        Err(e) => {
+            tracing::info!(%e, "no worker serves the new function yet");
+            false
+        }
+    };
+    ManagerReply::Deployed { id, served }
+}
+
+/// A worker fetches a deployed module by name; the answer is the module, sealed (empty if
+/// there is no such function).
+fn serve_module(shared: &Shared, message: &BusMessage) {
+    let Some(opened) = admit(shared, message) else {
+        return;
+    };
+    let name = String::from_utf8_lossy(&opened.payload).into_owned();
+    let module = shared
+        .registry
+        .lock()
+        .functions
+        .get(&name)
+        .map(|(_, module)| Arc::clone(module));
+    let body = module.as_deref().map_or(&[][..], |m| m.as_slice());
+    let sealed = shared
+        .keys
+        .seal(Direction::Reply, opened.sender, opened.counter, body);
+    respond(shared, message, sealed);
+}
+
 fn serve_attest(shared: &Shared, message: &BusMessage) {
     let mut payload = Vec::new();
     match shared.trust.lock().offer(&message.payload) {
@@ -458,36 +599,40 @@ fn state_reply(e: StateError) -> ManagerReply {
     }
 }
 
-fn serve_request(shared: &Shared, message: &BusMessage) {
+/// Opens a sealed request and admits it: enrolled sender, counter not seen before. `None`
+/// when it was dropped (or refused with a sealed `NotEnrolled`).
+fn admit(shared: &Shared, message: &BusMessage) -> Option<super::channel::Opened> {
     let Ok(opened) = shared.keys.open(Direction::Request, &message.payload) else {
-        tracing::warn!("an unauthenticated manager request was dropped");
+        tracing::warn!(subject = %message.subject, "an unauthenticated request was dropped");
+        return None;
+    };
+    let mut senders = shared.senders.lock();
+    if !senders.enrolled.contains(&opened.sender) {
+        drop(senders);
+        let reply = error(ErrorKind::NotEnrolled, "sender is not an enrolled writer");
+        respond(
+            shared,
+            message,
+            seal_reply(&shared.keys, opened.sender, opened.counter, &reply),
+        );
+        return None;
+    }
+    if !senders
+        .windows
+        .entry(opened.sender)
+        .or_default()
+        .accept(opened.counter)
+    {
+        tracing::warn!(counter = opened.counter, "a replayed request was dropped");
+        return None;
+    }
+    Some(opened)
+}
+
+fn serve_request(shared: &Shared, message: &BusMessage) {
+    let Some(opened) = admit(shared, message) else {
         return;
     };
-    {
-        let mut senders = shared.senders.lock();
-        if !senders.enrolled.contains(&opened.sender) {
-            drop(senders);
-            let reply = error(ErrorKind::NotEnrolled, "sender is not an enrolled writer");
-            respond(
-                shared,
-                message,
-                seal_reply(&shared.keys, opened.sender, opened.counter, &reply),
-            );
-            return;
-        }
-        if !senders
-            .windows
-            .entry(opened.sender)
-            .or_default()
-            .accept(opened.counter)
-        {
-            tracing::warn!(
-                counter = opened.counter,
-                "a replayed manager request was dropped"
-            );
-            return;
-        }
-    }
     let reply = match serde_json::from_slice::<ManagerRequest>(&opened.payload) {
         Ok(request) => handle(shared, message, opened.sender, opened.counter, request),
         Err(e) => Some(error(
@@ -530,7 +675,9 @@ fn handle(
                 Err(e) => return Some(error(ErrorKind::Unavailable, e)),
             },
             functions: shared.functions.clone(),
+            deployed: shared.registry.lock().list(),
         },
+        ManagerRequest::ListFunctions => ManagerReply::Functions(shared.registry.lock().list()),
         ManagerRequest::Acquire {
             holder,
             request_id,

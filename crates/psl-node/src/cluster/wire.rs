@@ -34,6 +34,21 @@ pub fn invoke_subject(app: &str, function: &str) -> Option<String> {
     valid.then(|| format!("psl.{app}.invoke.{function}"))
 }
 
+/// Subject of deploys (gateway to manager; sealed [`DeployFrame`]s).
+pub fn deploy_subject(app: &str) -> String {
+    format!("psl.{app}.deploy")
+}
+
+/// Subject of deploy notices (manager to every worker; sealed [`DeployFrame`]s).
+pub fn functions_subject(app: &str) -> String {
+    format!("psl.{app}.functions")
+}
+
+/// Subject of module fetches (a worker asks the manager for a deployed module by name).
+pub fn modules_subject(app: &str) -> String {
+    format!("psl.{app}.modules")
+}
+
 /// The workers' queue group for invocations.
 pub const INVOKE_GROUP: &str = "workers";
 
@@ -98,6 +113,8 @@ pub enum ManagerRequest {
     },
     /// Forget a dead holder.
     Forget { holder: [u8; 16] },
+    /// List the functions deployed through the gateway.
+    ListFunctions,
 }
 
 /// A grant on the wire.
@@ -162,6 +179,10 @@ pub enum ErrorKind {
     Unavailable,
     /// The sender is not an enrolled writer.
     NotEnrolled,
+    /// A module that does not validate, or a bad function name.
+    BadModule,
+    /// The policy does not allow this module.
+    NotAllowed,
 }
 
 /// The manager's answer.
@@ -174,7 +195,13 @@ pub enum ManagerReply {
         heads: Vec<([u8; 16], u64)>,
         /// Module hashes the policy allows (empty: any).
         functions: Vec<String>,
+        /// Functions deployed through the gateway: name and module id (fetch them by name).
+        deployed: Vec<(String, String)>,
     },
+    /// A deploy was accepted: the module id, and whether a worker already serves it.
+    Deployed { id: String, served: bool },
+    /// Functions deployed through the gateway: name and module id.
+    Functions(Vec<(String, String)>),
     /// A lock granted.
     Granted(WireGrant),
     /// A renewal: the lease left.
@@ -282,6 +309,42 @@ pub fn decode_answer(bytes: &[u8]) -> Result<(InvokeStatus, &[u8]), FrameError> 
     Ok((status, body))
 }
 
+/// A deploy: function name and module bytes. Encoded as name length (1 byte), name, module.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DeployFrame {
+    pub name: String,
+    pub module: Vec<u8>,
+}
+
+impl DeployFrame {
+    /// Encodes the frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let name = &self.name.as_bytes()[..self.name.len().min(FUNCTION_NAME_MAX)];
+        let mut out = Vec::with_capacity(1 + name.len() + self.module.len());
+        out.push(u8::try_from(name.len()).unwrap_or(0));
+        out.extend_from_slice(name);
+        out.extend_from_slice(&self.module);
+        out
+    }
+
+    /// Decodes a frame (the name must be a valid function name).
+    pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
+        let (&len, rest) = bytes.split_first().ok_or(FrameError("empty"))?;
+        let len = usize::from(len);
+        let name = rest.get(..len).ok_or(FrameError("truncated name"))?;
+        let name = std::str::from_utf8(name)
+            .map_err(|_| FrameError("name not UTF-8"))?
+            .to_string();
+        if invoke_subject("x", &name).is_none() {
+            return Err(FrameError("invalid function name"));
+        }
+        Ok(DeployFrame {
+            name,
+            module: rest[len..].to_vec(),
+        })
+    }
+}
+
 /// Enrollment messages (a tag byte, then the bytes of `psl-trust`'s own encoding).
 pub mod enroll {
     /// Ask for a challenge.
@@ -315,6 +378,16 @@ mod tests {
             (InvokeStatus::Busy, &b"later"[..])
         );
         assert!(decode_answer(&[99]).is_err());
+        let deploy = DeployFrame {
+            name: "counter".into(),
+            module: b"\0asm".to_vec(),
+        };
+        assert_eq!(DeployFrame::decode(&deploy.encode()).unwrap(), deploy);
+        assert!(DeployFrame::decode(&[5, b'a']).is_err());
+        assert!(
+            DeployFrame::decode(&[1, b'A']).is_err(),
+            "upper case is not a name"
+        );
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub struct WorkerOptions {
 pub struct WorkerNode {
     inner: Arc<Inner>,
     platform: Arc<Platform>,
-    link: Arc<BusLink>,
+    _server: Arc<Server>,
 }
 
 /// Opens the record store of the capsule a worker enrolled for.
@@ -115,40 +115,56 @@ impl WorkerNode {
                 .map_err(|e| ClusterError::Setup(e.to_string()))?
                 .with_gate(gate),
         );
+        let server = Arc::new(Server {
+            platform: Arc::clone(&platform),
+            bus: Arc::clone(&bus),
+            link: Arc::clone(&link),
+            windows: Mutex::new(HashMap::new()),
+            app: options.app.clone(),
+            threads: options.threads.max(1),
+            served: Mutex::new(std::collections::HashSet::new()),
+            manager: hello.manager,
+        });
         for (name, path) in &options.functions {
             let module = std::fs::read(path)
                 .map_err(|e| ClusterError::Setup(format!("reading {}: {e}", path.display())))?;
-            platform
+            server
                 .deploy(name, &module)
                 .map_err(|e| ClusterError::Setup(format!("deploying {name}: {e}")))?;
         }
+        // Functions deployed through a gateway (they replace configured ones of the same name).
+        for (name, id) in &hello.deployed {
+            let module = link
+                .fetch_module(name)
+                .map_err(|e| ClusterError::Setup(format!("fetching {name}: {e}")))?;
+            if psl_runtime::FunctionId::of(&module).to_hex() != *id {
+                return Err(ClusterError::Setup(format!(
+                    "the manager sent another module for {name}"
+                )));
+            }
+            server
+                .deploy(name, &module)
+                .map_err(|e| ClusterError::Setup(format!("deploying {name}: {e}")))?;
+        }
+        // Deploy notices from the manager, for as long as this worker runs.
+        let notices = bus
+            .subscribe(&wire::functions_subject(&options.app), 16)
+            .map_err(|e| ClusterError::Setup(format!("bus: {e}")))?;
+        let weak = Arc::downgrade(&server);
+        std::thread::Builder::new()
+            .name("psl-deploys".into())
+            .spawn(move || {
+                while let Ok(message) = notices.recv() {
+                    let Some(server) = weak.upgrade() else { return };
+                    server.deploy_notice(&message);
+                }
+            })
+            .map_err(|e| ClusterError::Setup(e.to_string()))?;
         let node = WorkerNode {
             inner,
             platform,
-            link,
+            _server: server,
         };
-        // Each deployed function gets `threads` queue subscriptions on its own subject, so an
-        // invocation only goes to workers that deployed that function.
-        let windows = Arc::new(Mutex::new(HashMap::new()));
-        for (name, _) in &options.functions {
-            let subject = wire::invoke_subject(&options.app, name)
-                .ok_or_else(|| ClusterError::Setup(format!("invalid function name {name:?}")))?;
-            for index in 0..options.threads.max(1) {
-                let subscription = bus
-                    .queue_subscribe(&subject, wire::INVOKE_GROUP, 64)
-                    .map_err(|e| ClusterError::Setup(format!("bus: {e}")))?;
-                let server = Server {
-                    platform: Arc::clone(&node.platform),
-                    bus: Arc::clone(&bus),
-                    link: Arc::clone(&node.link),
-                    windows: Arc::clone(&windows),
-                };
-                std::thread::Builder::new()
-                    .name(format!("psl-invoke-{name}-{index}"))
-                    .spawn(move || server.run(&subscription))
-                    .map_err(|e| ClusterError::Setup(e.to_string()))?;
-            }
-        }
         bus.flush()
             .map_err(|e| ClusterError::Setup(format!("bus: {e}")))?;
         Ok(node)
@@ -191,7 +207,13 @@ struct Server {
     platform: Arc<Platform>,
     bus: Arc<dyn Bus>,
     link: Arc<BusLink>,
-    windows: Arc<Mutex<HashMap<WriterId, ReplayWindow>>>,
+    windows: Mutex<HashMap<WriterId, ReplayWindow>>,
+    app: String,
+    threads: usize,
+    /// Functions this worker has queue subscriptions for.
+    served: Mutex<std::collections::HashSet<String>>,
+    /// The manager's writer id (deploy notices come only from it).
+    manager: WriterId,
 }
 
 fn now_ms() -> u64 {
@@ -201,6 +223,67 @@ fn now_ms() -> u64 {
 }
 
 impl Server {
+    /// Deploys `module` as `name` and serves it (`threads` queue subscriptions on the
+    /// function's own subject, so invocations go only to workers that deployed it).
+    fn deploy(self: &Arc<Self>, name: &str, module: &[u8]) -> Result<(), String> {
+        let subject = wire::invoke_subject(&self.app, name)
+            .ok_or_else(|| format!("invalid function name {name:?}"))?;
+        self.platform
+            .deploy(name, module)
+            .map_err(|e| e.to_string())?;
+        if !self.served.lock().insert(name.to_string()) {
+            return Ok(());
+        }
+        for index in 0..self.threads {
+            let subscription = self
+                .bus
+                .queue_subscribe(&subject, wire::INVOKE_GROUP, 64)
+                .map_err(|e| format!("bus: {e}"))?;
+            let server = Arc::clone(self);
+            std::thread::Builder::new()
+                .name(format!("psl-invoke-{name}-{index}"))
+                .spawn(move || server.run(&subscription))
+                .map_err(|e| e.to_string())?;
+        }
+        self.bus.flush().map_err(|e| format!("bus: {e}"))
+    }
+
+    /// A deploy notice: sealed by the manager, answered `ok` once this worker serves it.
+    fn deploy_notice(self: &Arc<Self>, message: &BusMessage) {
+        let Some(keys) = self.link.channel_keys() else {
+            return;
+        };
+        let Ok(opened) = keys.open(Direction::Request, &message.payload) else {
+            tracing::warn!("an unauthenticated deploy notice was dropped");
+            return;
+        };
+        if opened.sender != self.manager
+            || !self
+                .windows
+                .lock()
+                .entry(opened.sender)
+                .or_default()
+                .accept(opened.counter)
+        {
+            tracing::warn!("a deploy notice not from the manager, or replayed, was dropped");
+            return;
+        }
+        let answer = match wire::DeployFrame::decode(&opened.payload) {
+            Ok(frame) => match self.deploy(&frame.name, &frame.module) {
+                Ok(()) => b"ok".to_vec(),
+                Err(e) => {
+                    tracing::warn!(function = %frame.name, %e, "deploy refused");
+                    e.into_bytes()
+                }
+            },
+            Err(e) => e.to_string().into_bytes(),
+        };
+        let sealed = keys.seal(Direction::Reply, opened.sender, opened.counter, &answer);
+        if let Err(e) = self.bus.respond(message, Bytes::from(sealed)) {
+            tracing::debug!(%e, "deploy answer not sent");
+        }
+    }
+
     fn run(&self, subscription: &Subscription) {
         loop {
             match subscription.recv() {

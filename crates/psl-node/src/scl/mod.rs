@@ -192,8 +192,7 @@ impl SclCluster {
     ) -> Result<Self, ClusterError> {
         let (trust, metadata) = ManagerTrust::prepare(trust, "psl-dev", creation_params()?)?;
         let store = open_store(&metadata)?;
-        let (manager, genesis) =
-            start_manager(&trust, &metadata, store.as_ref(), lease_ms.max(1))?;
+        let (manager, genesis) = start_manager(&trust, &metadata, store.as_ref(), lease_ms.max(1))?;
         let board = Arc::new(GrantBoard::default());
         let host = host::ManagerHost::start(
             manager,
