@@ -12,6 +12,16 @@ use std::time::{Duration, Instant};
 use psl_nats::testing::{ClusterOptions, NatsCluster};
 use psl_node::cluster::process::NodeProcess;
 
+/// The tests here each run three NATS servers and five node processes: one at a time, so that
+/// two cores are not shared by three clusters (timeouts would measure the machine, not PSL).
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -55,7 +65,7 @@ impl Cluster {
         std::fs::write(
             &config,
             format!(
-                "app = \"t\"\nnats = [{}]\nsim_root_seed = \"{}\"\nreplicas = 3\nlease_ms = {lease_ms}\n\n[gateway]\nlisten = \"{listen}\"\ntimeout_ms = 10000\n\n[worker]\nthreads = 3\n",
+                "app = \"t\"\nnats = [{}]\nsim_root_seed = \"{}\"\nreplicas = 3\nlease_ms = {lease_ms}\n\n[gateway]\nlisten = \"{listen}\"\ntimeout_ms = 10000\n\n[worker]\nthreads = 3\nmetrics_listen = \"127.0.0.1:0\"\n",
                 urls.join(", "),
                 "ab".repeat(32),
             ),
@@ -108,6 +118,35 @@ impl Cluster {
     }
 }
 
+/// Waits until the worker whose `ready` line is `ready` applied every record in the store (its
+/// metrics say `psl_replication_lag_records 0`): then it has seen every verdict, and restarted
+/// if one refused its writes.
+fn wait_caught_up(worker: &NodeProcess) {
+    let url = worker
+        .ready
+        .split("metrics on ")
+        .nth(1)
+        .expect("the worker serves metrics")
+        .trim()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = ureq::get(&url)
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default();
+        if text.lines().any(|l| l == "psl_replication_lag_records 0") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never caught up:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// POSTs an invocation; the status and body.
 fn invoke(url: &str, function: &str, input: &str) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -125,6 +164,24 @@ fn invoke(url: &str, function: &str, input: &str) -> (u16, String) {
         ),
         Err(e) => (0, e.to_string()),
     }
+}
+
+/// [`ok`], printing every node's log first when it fails.
+fn ok_or_logs(cluster: &Cluster, function: &str, input: &str) -> String {
+    let (status, body) = invoke(&cluster.url, function, input);
+    if status != 200 {
+        for entry in std::fs::read_dir(cluster.dir.path()).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                eprintln!(
+                    "==== {}\n{}",
+                    entry.path().display(),
+                    std::fs::read_to_string(entry.path()).unwrap_or_default()
+                );
+            }
+        }
+        panic!("{function}({input}): {status} {body}");
+    }
+    body
 }
 
 fn ok(url: &str, function: &str, input: &str) -> String {
@@ -147,6 +204,7 @@ fn retry_lock_timeouts(url: &str, function: &str, input: &str) -> (u16, String) 
 
 #[test]
 fn counter_and_bank_through_the_gateway_survive_killed_workers_and_nats_servers() {
+    let _one = one_at_a_time();
     let Some(mut cluster) = Cluster::new(
         "counter_and_bank_through_the_gateway_survive_killed_workers_and_nats_servers",
         10_000,
@@ -250,6 +308,7 @@ fn counter_and_bank_through_the_gateway_survive_killed_workers_and_nats_servers(
 
 #[test]
 fn a_lock_holder_stopped_past_its_lease_is_fenced() {
+    let _one = one_at_a_time();
     let Some(mut cluster) = Cluster::new("a_lock_holder_stopped_past_its_lease_is_fenced", 1_500)
     else {
         return;
@@ -283,10 +342,13 @@ fn a_lock_holder_stopped_past_its_lease_is_fenced() {
         status, 200,
         "the stopped holder's increment succeeded: {body}"
     );
-    assert_eq!(ok(&url, "counter", "c"), "5");
+    assert_eq!(ok_or_logs(&cluster, "counter", "c"), "5");
+    // A has applied the expiry verdict (and, if its replica held writes under the expired
+    // grant, restarted as a new incarnation) before it serves again.
+    wait_caught_up(&worker_a);
     // A (a new incarnation, if it restarted) sees exactly B's increments.
-    assert_eq!(ok(&url, "slow", "c"), "6");
-    assert_eq!(ok(&url, "counter", "c"), "7");
+    assert_eq!(ok_or_logs(&cluster, "slow", "c"), "6");
+    assert_eq!(ok_or_logs(&cluster, "counter", "c"), "7");
     // `psl deploy` through the cluster gateway reaches the running workers.
     let psl = |args: &[&str]| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_psl"))
@@ -318,6 +380,7 @@ fn a_lock_holder_stopped_past_its_lease_is_fenced() {
 
 #[test]
 fn psl_up_starts_a_cluster_of_processes_and_runs_the_examples() {
+    let _one = one_at_a_time();
     if psl_nats::testing::server_binary().is_none() {
         // Same rule as the other cluster tests: skip without a server unless CI requires it.
         assert!(

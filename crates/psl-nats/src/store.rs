@@ -109,6 +109,8 @@ pub const PUBLISH_HEADER_BYTES: usize = 512;
 const CATCH_UP_CHUNK: u64 = 256;
 /// "Wrong last sequence" answers tolerated for one record of one append call.
 const CONFLICTS_MAX: u32 = 16;
+/// How long a new stream may take to accept its first message (leader election on a cluster).
+const STREAM_READY_WAIT: Duration = Duration::from_secs(20);
 /// Most bytes of capsule metadata read from a stream.
 const METADATA_BYTES_MAX: usize = 64 * 1024;
 
@@ -397,25 +399,38 @@ impl JetStreamStore {
                     stream: stream_name.clone(),
                     detail: error.to_string(),
                 })?;
-            let message = PublishMessage::build()
-                .payload(meta_bytes)
-                .message_id(format!("{capsule}/meta"))
-                .expected_last_subject_sequence(0);
-            let published = async {
-                js_task
-                    .send_publish(meta_subject.clone(), message)
-                    .await
-                    .map_err(|error| error.kind())?
-                    .await
-                    .map_err(|error| error.kind())
-            };
-            match published.await {
-                Ok(_) | Err(PublishErrorKind::WrongLastSequence) => Ok(stream),
-                Err(kind) => Err(NatsError::JetStream {
-                    op: "publish metadata",
-                    stream: stream_name,
-                    detail: kind.to_string(),
-                }),
+            // A stream just created on a cluster may not have a leader yet ("no stream found",
+            // no responders, timeouts): retry for a while, with the same message id.
+            let deadline = tokio::time::Instant::now() + STREAM_READY_WAIT;
+            let mut delay = Duration::from_millis(50);
+            loop {
+                let message = PublishMessage::build()
+                    .payload(meta_bytes.clone())
+                    .message_id(format!("{capsule}/meta"))
+                    .expected_last_subject_sequence(0);
+                let published = async {
+                    js_task
+                        .send_publish(meta_subject.clone(), message)
+                        .await
+                        .map_err(|error| error.kind())?
+                        .await
+                        .map_err(|error| error.kind())
+                };
+                match published.await {
+                    Ok(_) | Err(PublishErrorKind::WrongLastSequence) => break Ok(stream),
+                    Err(kind) if tokio::time::Instant::now() < deadline => {
+                        tracing::debug!(%kind, "stream not ready for its metadata yet; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_millis(500));
+                    }
+                    Err(kind) => {
+                        break Err(NatsError::JetStream {
+                            op: "publish metadata",
+                            stream: stream_name,
+                            detail: kind.to_string(),
+                        });
+                    }
+                }
             }
         })??;
         // Whoever published the metadata first, it must be ours.

@@ -284,7 +284,8 @@ impl Inner {
             sealed += replica.applied(&me);
             rejected += slot.core.rejected();
             fenced += slot.core.fenced_refused();
-            let mut lag = 0;
+            // A poisoned incarnation is about to be replaced: it is not up to date.
+            let mut lag = u64::from(slot.core.poisoned());
             for head in heads.iter().filter(|h| h.writer != me) {
                 let done = replica.applied(&head.writer);
                 applied += done;
