@@ -401,7 +401,7 @@ impl JetStreamStore {
                 })?;
             // A stream just created on a cluster may not have a leader yet ("no stream found",
             // no responders, timeouts): retry for a while, with the same message id.
-            let deadline = tokio::time::Instant::now() + STREAM_READY_WAIT;
+            let started = tokio::time::Instant::now();
             let mut delay = Duration::from_millis(50);
             loop {
                 let message = PublishMessage::build()
@@ -418,10 +418,10 @@ impl JetStreamStore {
                 };
                 match published.await {
                     Ok(_) | Err(PublishErrorKind::WrongLastSequence) => break Ok(stream),
-                    Err(kind) if tokio::time::Instant::now() < deadline => {
+                    Err(kind) if started.elapsed() < STREAM_READY_WAIT => {
                         tracing::debug!(%kind, "stream not ready for its metadata yet; retrying");
                         tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_millis(500));
+                        delay = delay.saturating_mul(2).min(Duration::from_millis(500));
                     }
                     Err(kind) => {
                         break Err(NatsError::JetStream {
