@@ -67,12 +67,16 @@ struct Metrics {
     sum_us: AtomicU64,
 }
 
+/// Invocations a gateway has in flight at most; more are answered 503 `busy` at once.
+pub const IN_FLIGHT_MAX: usize = 1024;
+
 /// A running gateway node.
 pub struct GatewayNode {
     link: BusLink,
     app: String,
     timeout: Duration,
     metrics: Metrics,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 fn now_ms() -> u64 {
@@ -96,6 +100,7 @@ impl GatewayNode {
             app: app.to_string(),
             timeout,
             metrics: Metrics::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MAX)),
         }))
     }
 
@@ -368,7 +373,19 @@ async fn invoke(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    let result = tokio::task::spawn_blocking(move || node.invoke(&name, body.to_vec())).await;
+    let Ok(permit) = Arc::clone(&node.in_flight).try_acquire_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!("{IN_FLIGHT_MAX} invocations in flight"),
+        );
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let answer = node.invoke(&name, body.to_vec());
+        drop(permit);
+        answer
+    })
+    .await;
     let (status, body) = match result {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => {

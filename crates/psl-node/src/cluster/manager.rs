@@ -24,6 +24,8 @@ use crate::trust::{ManagerTrust, SimTrust};
 const SENDERS_MAX: usize = 65_536;
 /// Queued acquires and raced grants the manager remembers.
 const PENDING_MAX: usize = 65_536;
+/// How long after its wait ended a queued acquire is still remembered.
+const PENDING_GRACE_MS: u64 = 60_000;
 
 /// A queued acquire: where its grant goes.
 struct Pending {
@@ -76,7 +78,12 @@ impl GrantSink for RemoteGrants {
     }
 
     fn tick(&self, now_ms: u64) {
-        self.pending.lock().retain(|_, p| p.deadline_ms > now_ms);
+        // A waiter whose wait ended sends a cancel at once; keep its entry a while longer so a
+        // grant racing that cancel still reaches it (and is released by the cancel), and drop
+        // the entries of waiters that died.
+        self.pending
+            .lock()
+            .retain(|_, p| p.deadline_ms.saturating_add(PENDING_GRACE_MS) > now_ms);
         self.sent.lock().retain(|_, (_, until)| *until > now_ms);
     }
 }
