@@ -116,6 +116,10 @@ impl Subscription {
     }
 }
 
+/// A reply on its way ([`Bus::request_async`]).
+pub type RequestFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<BusMessage, BusError>> + Send>>;
+
 /// The bus the nodes talk over. Object safe; see the module docs for the semantics.
 pub trait Bus: Send + Sync {
     /// The largest payload a message may have.
@@ -142,6 +146,14 @@ pub trait Bus: Send + Sync {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<BusMessage, BusError>;
+
+    /// [`Bus::request`] for async callers: on NATS it waits without blocking a thread (the
+    /// client's futures run on any tokio runtime with timers); the default runs the
+    /// synchronous request (fine for an in-process bus, which answers at once).
+    fn request_async(&self, subject: &str, payload: Bytes, timeout: Duration) -> RequestFuture {
+        let result = self.request(subject, payload, timeout);
+        Box::pin(std::future::ready(result))
+    }
 
     /// Answers a request received from a subscription.
     fn respond(&self, request: &BusMessage, payload: Bytes) -> Result<(), BusError> {
@@ -277,6 +289,29 @@ impl Bus for NatsBus {
             .map_err(|error| Self::nats_error("publish")(error.to_string()))
     }
 
+    /// A reply is one message whose order relative to other replies does not matter: it is
+    /// handed to the connection's runtime without waiting (a lost reply is the requester's
+    /// timeout, as on any network).
+    fn respond(&self, request: &BusMessage, payload: Bytes) -> Result<(), BusError> {
+        let reply = request
+            .reply
+            .as_deref()
+            .ok_or_else(|| BusError::Malformed {
+                subject: request.subject.clone(),
+                detail: "not a request (no reply subject)".into(),
+            })?;
+        check_subject(reply, false)?;
+        check_size(payload.len(), self.max_payload())?;
+        let client = self.conn.client().clone();
+        let subject = reply.to_string();
+        self.conn.handle().spawn(async move {
+            if let Err(error) = client.publish(subject, payload).await {
+                tracing::debug!(%error, "reply not sent");
+            }
+        });
+        Ok(())
+    }
+
     fn subscribe(&self, subject: &str, capacity: usize) -> Result<Subscription, BusError> {
         check_subject(subject, true)?;
         let capacity = check_capacity(capacity)?;
@@ -316,47 +351,29 @@ impl Bus for NatsBus {
     ) -> Result<BusMessage, BusError> {
         check_subject(subject, false)?;
         check_size(payload.len(), self.max_payload())?;
-        let client = self.conn.client().clone();
-        let owned = subject.to_string();
-        let request = async_nats::Request::new()
-            .payload(payload)
-            .timeout(Some(timeout));
-        let outcome = self.conn.run(async move {
-            // The client's own timeout applies; the outer one is a backstop.
-            let backstop = timeout.saturating_add(Duration::from_secs(1));
-            tokio::time::timeout(backstop, client.send_request(owned, request)).await
-        })?;
-        let timed_out = || BusError::Timeout {
-            subject: subject.to_string(),
+        let future = nats_request(
+            self.conn.client().clone(),
+            subject.to_string(),
+            payload,
             timeout,
-        };
-        match outcome {
-            Err(_) => Err(timed_out()),
-            Ok(Ok(message)) => {
-                if message.payload.len() > self.max_payload() {
-                    return Err(BusError::Malformed {
-                        subject: subject.to_string(),
-                        detail: "reply larger than the payload limit".into(),
-                    });
-                }
-                Ok(BusMessage {
-                    subject: message.subject.to_string(),
-                    payload: message.payload,
-                    reply: None,
-                })
-            }
-            Ok(Err(error)) => match error.kind() {
-                async_nats::RequestErrorKind::TimedOut => Err(timed_out()),
-                async_nats::RequestErrorKind::NoResponders => {
-                    Err(BusError::NoResponders(subject.to_string()))
-                }
-                async_nats::RequestErrorKind::MaxPayloadExceeded => Err(BusError::TooLarge {
-                    len: 0,
-                    max: self.max_payload(),
-                }),
-                _ => Err(Self::nats_error("request")(error.to_string())),
-            },
+            self.max_payload(),
+        );
+        self.conn.run(future)?
+    }
+
+    fn request_async(&self, subject: &str, payload: Bytes, timeout: Duration) -> RequestFuture {
+        if let Err(e) = check_subject(subject, false)
+            .and_then(|()| check_size(payload.len(), self.max_payload()))
+        {
+            return Box::pin(std::future::ready(Err(e)));
         }
+        Box::pin(nats_request(
+            self.conn.client().clone(),
+            subject.to_string(),
+            payload,
+            timeout,
+            self.max_payload(),
+        ))
     }
 
     fn flush(&self) -> Result<(), BusError> {
@@ -364,6 +381,49 @@ impl Bus for NatsBus {
         self.conn
             .run(async move { client.flush().await })?
             .map_err(|error| Self::nats_error("flush")(error.to_string()))
+    }
+}
+
+/// One request over NATS: the first reply, or a typed error.
+async fn nats_request(
+    client: async_nats::Client,
+    subject: String,
+    payload: Bytes,
+    timeout: Duration,
+    max_payload: usize,
+) -> Result<BusMessage, BusError> {
+    let request = async_nats::Request::new()
+        .payload(payload)
+        .timeout(Some(timeout));
+    // The client's own timeout applies; the outer one is a backstop.
+    let backstop = timeout.saturating_add(Duration::from_secs(1));
+    let outcome =
+        tokio::time::timeout(backstop, client.send_request(subject.clone(), request)).await;
+    let timed_out = |subject: String| BusError::Timeout { subject, timeout };
+    match outcome {
+        Err(_) => Err(timed_out(subject)),
+        Ok(Ok(message)) => {
+            if message.payload.len() > max_payload {
+                return Err(BusError::Malformed {
+                    subject,
+                    detail: "reply larger than the payload limit".into(),
+                });
+            }
+            Ok(BusMessage {
+                subject: message.subject.to_string(),
+                payload: message.payload,
+                reply: None,
+            })
+        }
+        Ok(Err(error)) => match error.kind() {
+            async_nats::RequestErrorKind::TimedOut => Err(timed_out(subject)),
+            async_nats::RequestErrorKind::NoResponders => Err(BusError::NoResponders(subject)),
+            async_nats::RequestErrorKind::MaxPayloadExceeded => Err(BusError::TooLarge {
+                len: 0,
+                max: max_payload,
+            }),
+            _ => Err(NatsBus::nats_error("request")(error.to_string())),
+        },
     }
 }
 

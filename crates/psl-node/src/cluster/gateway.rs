@@ -70,6 +70,16 @@ struct Metrics {
 /// Invocations a gateway has in flight at most; more are answered 503 `busy` at once.
 pub const IN_FLIGHT_MAX: usize = 1024;
 
+/// An invocation ready to send, or answered without a worker.
+enum Prepared {
+    Send {
+        subject: String,
+        counter: u64,
+        sealed: Bytes,
+    },
+    Answer((InvokeStatus, Vec<u8>)),
+}
+
 /// A running gateway node.
 pub struct GatewayNode {
     link: BusLink,
@@ -111,10 +121,53 @@ impl GatewayNode {
         input: Vec<u8>,
     ) -> Result<(InvokeStatus, Vec<u8>), GatewayError> {
         let started = Instant::now();
-        let result = self.invoke_inner(function, input);
+        let result = match self.prepare(function, input) {
+            Ok(Prepared::Send {
+                subject,
+                counter,
+                sealed,
+            }) => {
+                let reply = self.link.bus().request(&subject, sealed, self.timeout);
+                self.finish(function, counter, reply)
+            }
+            Ok(Prepared::Answer(answer)) => Ok(answer),
+            Err(e) => Err(e),
+        };
+        self.record(started, &result);
+        result
+    }
+
+    /// [`Self::invoke`] without blocking a thread while the worker runs it.
+    pub async fn invoke_async(
+        &self,
+        function: &str,
+        input: Vec<u8>,
+    ) -> Result<(InvokeStatus, Vec<u8>), GatewayError> {
+        let started = Instant::now();
+        let result = match self.prepare(function, input) {
+            Ok(Prepared::Send {
+                subject,
+                counter,
+                sealed,
+            }) => {
+                let reply = self
+                    .link
+                    .bus()
+                    .request_async(&subject, sealed, self.timeout)
+                    .await;
+                self.finish(function, counter, reply)
+            }
+            Ok(Prepared::Answer(answer)) => Ok(answer),
+            Err(e) => Err(e),
+        };
+        self.record(started, &result);
+        result
+    }
+
+    fn record(&self, started: Instant, result: &Result<(InvokeStatus, Vec<u8>), GatewayError>) {
         let elapsed = started.elapsed();
         let m = &self.metrics;
-        match &result {
+        match result {
             Ok((status, _)) => {
                 if let Some(i) = STATUSES.iter().position(|(_, s)| s == status) {
                     m.outcomes[i].fetch_add(1, Ordering::Relaxed);
@@ -131,19 +184,15 @@ impl GatewayNode {
         m.count.fetch_add(1, Ordering::Relaxed);
         m.sum_us
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-        result
     }
 
-    fn invoke_inner(
-        &self,
-        function: &str,
-        input: Vec<u8>,
-    ) -> Result<(InvokeStatus, Vec<u8>), GatewayError> {
+    /// Seals the invocation (or answers at once: an invalid name).
+    fn prepare(&self, function: &str, input: Vec<u8>) -> Result<Prepared, GatewayError> {
         let Some(subject) = wire::invoke_subject(&self.app, function) else {
-            return Ok((
+            return Ok(Prepared::Answer((
                 InvokeStatus::UnknownFunction,
                 b"invalid function name: use 1-64 of a-z, 0-9, '-', '_'".to_vec(),
-            ));
+            )));
         };
         let call = Invocation {
             function: function.to_string(),
@@ -154,16 +203,26 @@ impl GatewayNode {
             .link
             .seal_request(&call.encode())
             .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
-        let reply = self
-            .link
-            .bus()
-            .request(&subject, Bytes::from(sealed), self.timeout)
-            .map_err(|e| match e {
-                BusError::NoResponders(_) => GatewayError::NoWorkers(function.to_string()),
-                BusError::Timeout { timeout, .. } => GatewayError::Timeout(timeout),
-                BusError::TooLarge { .. } => GatewayError::TooLarge(e.to_string()),
-                other => GatewayError::Unavailable(other.to_string()),
-            })?;
+        Ok(Prepared::Send {
+            subject,
+            counter,
+            sealed: Bytes::from(sealed),
+        })
+    }
+
+    /// Opens and decodes a worker's answer to request `counter`.
+    fn finish(
+        &self,
+        function: &str,
+        counter: u64,
+        reply: Result<psl_nats::BusMessage, BusError>,
+    ) -> Result<(InvokeStatus, Vec<u8>), GatewayError> {
+        let reply = reply.map_err(|e| match e {
+            BusError::NoResponders(_) => GatewayError::NoWorkers(function.to_string()),
+            BusError::Timeout { timeout, .. } => GatewayError::Timeout(timeout),
+            BusError::TooLarge { .. } => GatewayError::TooLarge(e.to_string()),
+            other => GatewayError::Unavailable(other.to_string()),
+        })?;
         let plain = self
             .link
             .open_reply(counter, &reply.payload)
@@ -380,15 +439,11 @@ async fn invoke(
             format!("{IN_FLIGHT_MAX} invocations in flight"),
         );
     };
-    let result = tokio::task::spawn_blocking(move || {
-        let answer = node.invoke(&name, body.to_vec());
-        drop(permit);
-        answer
-    })
-    .await;
+    let result = node.invoke_async(&name, body.to_vec()).await;
+    drop(permit);
     let (status, body) = match result {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(e)) => {
+        Ok(answer) => answer,
+        Err(e) => {
             let (status, kind) = match &e {
                 GatewayError::NoWorkers(_) => (StatusCode::NOT_FOUND, "unknown_function"),
                 GatewayError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
@@ -397,7 +452,6 @@ async fn invoke(
             };
             return error(status, kind, e.to_string());
         }
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     };
     let message = || String::from_utf8_lossy(&body).into_owned();
     match status {
