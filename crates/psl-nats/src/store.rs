@@ -391,14 +391,30 @@ impl JetStreamStore {
         let capsule = metadata.id();
         let js_task = js.clone();
         let stream = conn.run(async move {
-            let stream = js_task
-                .get_or_create_stream(config)
-                .await
-                .map_err(|error| NatsError::JetStream {
-                    op: "create stream",
-                    stream: stream_name.clone(),
-                    detail: error.to_string(),
-                })?;
+            // Creating a replicated stream forms its Raft group; on a loaded cluster the API
+            // call can time out before that is done. Creating is idempotent: retry for a while.
+            let started = tokio::time::Instant::now();
+            let mut delay = Duration::from_millis(100);
+            let stream = loop {
+                match js_task.get_or_create_stream(config.clone()).await {
+                    Ok(stream) => break stream,
+                    Err(error)
+                        if started.elapsed() < STREAM_READY_WAIT
+                            && error.to_string().contains("timed out") =>
+                    {
+                        tracing::debug!(%error, "creating the stream; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = delay.saturating_mul(2).min(Duration::from_millis(1000));
+                    }
+                    Err(error) => {
+                        return Err(NatsError::JetStream {
+                            op: "create stream",
+                            stream: stream_name.clone(),
+                            detail: error.to_string(),
+                        });
+                    }
+                }
+            };
             // A stream just created on a cluster may not have a leader yet ("no stream found",
             // no responders, timeouts): retry for a while, with the same message id.
             let started = tokio::time::Instant::now();
