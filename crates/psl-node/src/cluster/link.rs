@@ -20,6 +20,9 @@ use crate::scl::ClusterError;
 use crate::scl::link::{Granted, ManagerLink, start_core};
 use crate::trust::{SimTrust, worker_accept};
 
+/// How long enrollment waits for a manager to answer at all.
+pub const ENROLL_WAIT: Duration = Duration::from_secs(15);
+
 /// How long a request other than an acquire waits for the manager.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -104,14 +107,24 @@ impl BusLink {
         let mut payload = Vec::with_capacity(1 + body.len());
         payload.push(tag);
         payload.extend_from_slice(body);
-        let reply = self
-            .bus
-            .request(
+        // A manager that just started may not be known yet on the server this node is
+        // connected to (interest propagates between the servers of a NATS cluster): retry
+        // "no responders" for a while.
+        let payload = Bytes::from(payload);
+        let started = Instant::now();
+        let reply = loop {
+            match self.bus.request(
                 &wire::enroll_subject(&self.app),
-                Bytes::from(payload),
+                payload.clone(),
                 REQUEST_TIMEOUT,
-            )
-            .map_err(|e| ClusterError::Setup(format!("enrollment: {e}")))?;
+            ) {
+                Ok(reply) => break reply,
+                Err(BusError::NoResponders(_)) if started.elapsed() < ENROLL_WAIT => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(ClusterError::Setup(format!("enrollment: {e}"))),
+            }
+        };
         match reply.payload.split_first() {
             Some((&wire::enroll::OK, rest)) => Ok(rest.to_vec()),
             Some((_, reason)) => Err(ClusterError::Setup(format!(
