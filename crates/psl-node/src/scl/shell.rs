@@ -371,7 +371,9 @@ impl Inner {
         let worker = &self.workers[index];
         let (incarnation, flushed) = {
             let mut slot = worker.slot.lock();
-            if session.is_some_and(|(incarnation, _, _)| incarnation != slot.incarnation) {
+            if session.is_some_and(|(incarnation, _, _)| incarnation != slot.incarnation)
+                || slot.core.poisoned()
+            {
                 return Err(restarted());
             }
             let holder = session.map(|(_, holder, _)| holder);
@@ -724,9 +726,12 @@ impl SclSession {
     }
 
     /// The worker's slot, if it is still the incarnation this session started on.
+    /// A poisoned incarnation (a verdict refused writes its replica holds) is treated as
+    /// restarted at once: no session may read those writes or build on them, even in the
+    /// moment before the receiver replaces it.
     fn slot(&self) -> Result<parking_lot::MutexGuard<'_, Slot>, StateError> {
         let slot = self.worker().slot.lock();
-        if slot.incarnation == self.incarnation {
+        if slot.incarnation == self.incarnation && !slot.core.poisoned() {
             Ok(slot)
         } else {
             Err(restarted())
@@ -912,7 +917,7 @@ impl SclSession {
         let worker = Arc::clone(self.worker());
         let mut slot = worker.slot.lock();
         loop {
-            if slot.incarnation != self.incarnation {
+            if slot.incarnation != self.incarnation || slot.core.poisoned() {
                 return Err(restarted());
             }
             if slot.core.replica().caught_up(grant.watermark.iter()) {
