@@ -88,6 +88,20 @@ impl NodeArgs {
     }
 }
 
+/// Serves `/metrics` on `listen` when configured; the words the `ready` line says about it.
+fn serve_metrics(
+    listen: Option<&str>,
+    source: psl_node::gateway::MetricsSource,
+) -> anyhow::Result<String> {
+    Ok(match listen {
+        Some(listen) => {
+            let address = psl_node::cluster::serve_metrics(listen, source)?;
+            format!(", metrics on http://{address}/metrics")
+        }
+        None => String::new(),
+    })
+}
+
 /// Blocks until Ctrl-C (SIGINT); SIGTERM and SIGKILL end the process as usual.
 fn wait_for_ctrl_c() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
@@ -118,17 +132,11 @@ pub fn node(args: &NodeArgs) -> anyhow::Result<ExitCode> {
                 &open,
             )?;
             let node = Arc::new(node);
-            let metrics = match &config.manager.metrics_listen {
-                Some(listen) => {
-                    let source = Arc::clone(&node);
-                    let address = psl_node::cluster::serve_metrics(
-                        listen,
-                        Arc::new(move || source.render_metrics()),
-                    )?;
-                    format!(", metrics on http://{address}/metrics")
-                }
-                None => String::new(),
-            };
+            let source = Arc::clone(&node);
+            let metrics = serve_metrics(
+                config.manager.metrics_listen.as_deref(),
+                Arc::new(move || source.render_metrics()),
+            )?;
             if let Some(path) = &config.manager.policy_out {
                 std::fs::write(path, policy.to_json())
                     .with_context(|| format!("writing {}", path.display()))?;
@@ -164,17 +172,11 @@ pub fn node(args: &NodeArgs) -> anyhow::Result<ExitCode> {
                 bus as Arc<dyn Bus>,
                 &open,
             )?);
-            let metrics = match &config.worker.metrics_listen {
-                Some(listen) => {
-                    let source = Arc::clone(&node);
-                    let address = psl_node::cluster::serve_metrics(
-                        listen,
-                        Arc::new(move || source.render_metrics()),
-                    )?;
-                    format!(", metrics on http://{address}/metrics")
-                }
-                None => String::new(),
-            };
+            let source = Arc::clone(&node);
+            let metrics = serve_metrics(
+                config.worker.metrics_listen.as_deref(),
+                Arc::new(move || source.render_metrics()),
+            )?;
             let names: Vec<String> = node.platform().list().into_iter().map(|l| l.name).collect();
             println!(
                 "ready: worker {} of app {}, functions {}{metrics}",

@@ -58,6 +58,14 @@ pub struct BusMessage {
 impl BusMessage {
     /// Decodes the payload as a sealed record (untrusted: size-checked, typed errors). The
     /// record still has to be verified.
+    /// The subject to answer this request on (an error if it is not a request).
+    pub fn reply_subject(&self) -> Result<&str, BusError> {
+        self.reply.as_deref().ok_or_else(|| BusError::Malformed {
+            subject: self.subject.clone(),
+            detail: "not a request (no reply subject)".into(),
+        })
+    }
+
     pub fn decode_record(&self) -> Result<SealedRecord, BusError> {
         let malformed = |detail: String| BusError::Malformed {
             subject: self.subject.clone(),
@@ -157,14 +165,7 @@ pub trait Bus: Send + Sync {
 
     /// Answers a request received from a subscription.
     fn respond(&self, request: &BusMessage, payload: Bytes) -> Result<(), BusError> {
-        let reply = request
-            .reply
-            .as_deref()
-            .ok_or_else(|| BusError::Malformed {
-                subject: request.subject.clone(),
-                detail: "not a request (no reply subject)".into(),
-            })?;
-        self.publish(reply, payload)
+        self.publish(request.reply_subject()?, payload)
     }
 
     /// Waits until everything published so far has left this process (NATS: reached the
@@ -293,13 +294,7 @@ impl Bus for NatsBus {
     /// handed to the connection's runtime without waiting (a lost reply is the requester's
     /// timeout, as on any network).
     fn respond(&self, request: &BusMessage, payload: Bytes) -> Result<(), BusError> {
-        let reply = request
-            .reply
-            .as_deref()
-            .ok_or_else(|| BusError::Malformed {
-                subject: request.subject.clone(),
-                detail: "not a request (no reply subject)".into(),
-            })?;
+        let reply = request.reply_subject()?;
         check_subject(reply, false)?;
         check_size(payload.len(), self.max_payload())?;
         let client = self.conn.client().clone();

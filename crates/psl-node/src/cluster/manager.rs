@@ -591,11 +591,10 @@ fn error(kind: ErrorKind, message: impl std::fmt::Display) -> ManagerReply {
 }
 
 fn lock_reply(e: LockError) -> ManagerReply {
-    match e {
-        LockError::Fenced { .. } | LockError::LeaseExpired { .. } | LockError::NotHeld => {
-            error(ErrorKind::Fenced, e)
-        }
-        other => error(ErrorKind::Limit, other),
+    if crate::scl::grant_lost(&e) {
+        error(ErrorKind::Fenced, e)
+    } else {
+        error(ErrorKind::Limit, e)
     }
 }
 

@@ -68,12 +68,20 @@ pub(crate) fn lock_error(name: &[u8], e: impl std::fmt::Display) -> StateError {
     StateError::Unavailable(format!("lock {}: {e}", String::from_utf8_lossy(name)))
 }
 
+/// Whether the lock service refused because the caller's grant is gone (expired, fenced,
+/// not held): its writes under that grant are refused.
+pub(crate) fn grant_lost(e: &LockError) -> bool {
+    matches!(
+        e,
+        LockError::Fenced { .. } | LockError::LeaseExpired { .. } | LockError::NotHeld
+    )
+}
+
 pub(crate) fn fenced_or(name: &[u8], e: LockError) -> StateError {
-    match e {
-        LockError::Fenced { .. } | LockError::LeaseExpired { .. } | LockError::NotHeld => {
-            StateError::Fenced
-        }
-        other => lock_error(name, other),
+    if grant_lost(&e) {
+        StateError::Fenced
+    } else {
+        lock_error(name, e)
     }
 }
 
