@@ -226,10 +226,19 @@ impl WorkerCore {
     }
 
     /// True once a verdict refused one of this worker's own fenced records (it wrote under a
-    /// grant after the lease ended): its replica shows writes nobody else will apply, so the
-    /// shell must end this incarnation and start a new one from the store.
+    /// grant after the lease ended), or the shell called [`Self::poison`]: its replica shows
+    /// writes nobody else may apply, so the shell must end this incarnation and start a new
+    /// one from the store.
     pub fn poisoned(&self) -> bool {
         self.poisoned
+    }
+
+    /// Ends this incarnation's right to serve: the shell lost track of a verdict its own
+    /// records depend on (a release or flush acknowledgement whose outcome it does not know).
+    /// Those records may yet be refused, and this replica already shows their writes, so no
+    /// session may read them; the shell starts a new incarnation from the store.
+    pub fn poison(&mut self) {
+        self.poisoned = true;
     }
 
     /// Takes the ranges that sync reports showed missing here (fetch them from storage and

@@ -14,6 +14,8 @@
 pub(crate) mod host;
 pub(crate) mod link;
 pub(crate) mod shell;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -198,6 +200,19 @@ impl SclCluster {
         bus: Arc<dyn Bus>,
         open_store: &OpenStore<'_>,
     ) -> Result<Self, ClusterError> {
+        Self::start_linked(n_workers, lease_ms, trust, bus, open_store, &|link| link)
+    }
+
+    /// [`Self::start_with_store`], with the workers' link to the manager passed through `wrap`
+    /// (tests inject lost requests and replies there).
+    pub(crate) fn start_linked(
+        n_workers: usize,
+        lease_ms: u64,
+        trust: SimTrust,
+        bus: Arc<dyn Bus>,
+        open_store: &OpenStore<'_>,
+        wrap: &dyn Fn(Arc<dyn link::ManagerLink>) -> Arc<dyn link::ManagerLink>,
+    ) -> Result<Self, ClusterError> {
         let (trust, metadata) = ManagerTrust::prepare(trust, "psl-dev", creation_params()?)?;
         let store = open_store(&metadata)?;
         let (manager, genesis) = start_manager(&trust, &metadata, store.as_ref(), lease_ms.max(1))?;
@@ -221,7 +236,7 @@ impl SclCluster {
             store,
             bus,
             APP,
-            Arc::clone(&local) as Arc<dyn link::ManagerLink>,
+            wrap(Arc::clone(&local) as Arc<dyn link::ManagerLink>),
             n_workers,
         )?;
         Ok(SclCluster { inner, local })

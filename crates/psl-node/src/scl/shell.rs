@@ -47,6 +47,9 @@ pub(crate) struct Worker {
     /// Records sealed and on their way to the store (see [`AppendQueue`]).
     appends: Mutex<AppendQueue>,
     appends_changed: Condvar,
+    /// Held while an incarnation is replaced, so two threads that find the same incarnation
+    /// done (receiver, appender, a session) replace it once.
+    restarting: Mutex<()>,
 }
 
 /// A worker's sealed records on their way to the store, in chain order. Flushes queue their
@@ -144,6 +147,7 @@ impl Inner {
                 applied: Condvar::new(),
                 appends: Mutex::new(AppendQueue::new(1)),
                 appends_changed: Condvar::new(),
+                restarting: Mutex::new(()),
             }));
         }
         let inner = Arc::new(Inner {
@@ -491,7 +495,21 @@ impl Inner {
     /// `Unavailable`, the locks they held are given up (their writes after the last
     /// acknowledged flush are refused everywhere), and the new incarnation replays the store.
     pub(crate) fn restart_worker(&self, index: usize) -> Result<(), ClusterError> {
+        self.restart(index, None)
+    }
+
+    /// [`Self::restart_worker`] if worker `index` still runs `incarnation` (another thread
+    /// may have replaced it already).
+    pub(crate) fn restart_from(&self, index: usize, incarnation: u64) -> Result<(), ClusterError> {
+        self.restart(index, Some(incarnation))
+    }
+
+    fn restart(&self, index: usize, from: Option<u64>) -> Result<(), ClusterError> {
         let worker = &self.workers[index];
+        let _one = worker.restarting.lock();
+        if from.is_some_and(|incarnation| worker.slot.lock().incarnation != incarnation) {
+            return Ok(());
+        }
         let (core, genesis) = self.link.enroll()?;
         self.store
             .append(std::slice::from_ref(&genesis), Durability::Always)?;
@@ -518,6 +536,26 @@ impl Inner {
         }
         tracing::info!(worker = index, "worker restarted from the record store");
         Ok(())
+    }
+}
+
+impl Inner {
+    /// Poisons worker `index`'s `incarnation` because the outcome of records it sealed is
+    /// unknown (a lost release or acknowledgement, a flush that failed or timed out): those
+    /// records may yet be refused, and its replica already shows their writes. From now on no
+    /// session reads them (a session on another lock those records were sealed under could
+    /// otherwise build on writes that are later refused); the caller then replaces it
+    /// ([`Self::restart_from`]). False if it was replaced already.
+    fn poison(&self, index: usize, incarnation: u64) -> bool {
+        let worker = &self.workers[index];
+        let mut slot = worker.slot.lock();
+        if slot.incarnation != incarnation {
+            return false;
+        }
+        slot.core.poison();
+        drop(slot);
+        worker.applied.notify_all();
+        true
     }
 }
 
@@ -597,7 +635,7 @@ fn append_loop(inner: &std::sync::Weak<Inner>, index: usize) {
                 ?result,
                 "append failed; restarting the worker"
             );
-            if let Err(e) = inner.restart_worker(index) {
+            if let Err(e) = inner.restart_from(index, incarnation) {
                 tracing::error!(worker = index, %e, "worker restart failed");
             }
         }
@@ -656,17 +694,18 @@ fn receive_loop(
                 }
             }
         }
-        let poisoned = slot.core.poisoned();
+        let poisoned = slot.core.poisoned().then_some(slot.incarnation);
         drop(slot);
         worker.applied.notify_all();
-        if poisoned {
+        if let Some(incarnation) = poisoned {
             // A verdict refused this incarnation's own writes (it wrote under a lease that had
-            // ended): its replica shows writes nobody else applies, so it starts over.
+            // ended), or a session lost track of one: its replica shows writes nobody else
+            // may apply, so it starts over.
             tracing::warn!(
                 worker = index,
-                "own late writes were fenced; restarting the worker"
+                "own writes fenced or in doubt; restarting the worker"
             );
-            if let Err(e) = inner.restart_worker(index) {
+            if let Err(e) = inner.restart_from(index, incarnation) {
                 tracing::error!(worker = index, %e, "worker restart failed");
             }
         }
@@ -755,37 +794,59 @@ impl SclSession {
         Ok(())
     }
 
+    /// The outcome of records this session sealed is unknown: a flush that did not become
+    /// durable in time, or a lost (or refused) acknowledgement or release of a grant they
+    /// were sealed under. Whether they commit now depends on verdicts this worker cannot
+    /// predict, and its replica already shows them, so its incarnation ends (see
+    /// [`Inner::end_incarnation`]); this holder is forgotten, which is the crash verdict: only
+    /// what it acknowledged commits.
+    fn give_up(&self, why: StateError) -> StateError {
+        let in_doubt = self.inner.poison(self.index, self.incarnation);
+        if let Err(forgot) = self.inner.link.forget(self.holder) {
+            tracing::warn!(%forgot, "could not give up the grants of a session in doubt");
+        }
+        if in_doubt {
+            tracing::warn!(worker = self.index, %why, "records in doubt; restarting the worker");
+            if let Err(e) = self.inner.restart_from(self.index, self.incarnation) {
+                // The receiver tries again on the next record (a poisoned core serves nothing).
+                tracing::error!(worker = self.index, %e, "worker restart failed");
+            }
+        }
+        why
+    }
+
     fn release(&mut self, position: usize) -> Result<(), StateError> {
         let held = self.held.swap_remove(position);
-        let flushed = match self.inner().flush_worker(
-            self.index,
-            Some((self.incarnation, self.holder, self.tag)),
-            Some((held.name.as_bytes(), held.token.0)),
-        ) {
-            Ok(flushed) => flushed,
-            Err(e) => {
-                // The grant left the worker's fence set but the flush did not become durable
-                // (the worker restarted, or the store failed): nobody else will release it.
-                // Forgetting this holder is the crash verdict: only what it acknowledged
-                // commits.
-                if let Err(forgot) = self.inner.link.forget(self.holder) {
-                    tracing::warn!(%forgot, "could not give up a grant after a failed flush");
-                }
-                return Err(e);
-            }
-        };
+        // The grant leaves the worker's fence set in the flush: if anything below fails,
+        // nobody else will release it.
+        let flushed = self
+            .inner()
+            .flush_worker(
+                self.index,
+                Some((self.incarnation, self.holder, self.tag)),
+                Some((held.name.as_bytes(), held.token.0)),
+            )
+            .map_err(|e| self.give_up(e))?;
         // The records carry the session's other grants too: acknowledge them under those, or
         // an expiry of one of them later would refuse what this release made visible.
-        self.inner().acknowledge(&flushed)?;
+        self.inner()
+            .acknowledge(&flushed)
+            .map_err(|e| self.give_up(e))?;
         let mut watermark = Watermark::new();
         watermark.observe(flushed.writer, flushed.head);
-        self.inner.link.release(
+        let released = self.inner.link.release(
             self.holder,
             &held.name,
             held.token,
             &watermark,
             flushed.released_fenced,
-        )
+        );
+        match released {
+            // Nothing was ever sealed under it: its verdict decides no record, and the lease
+            // ends it.
+            Err(e) if flushed.released_fenced => Err(self.give_up(e)),
+            other => other,
+        }
     }
 }
 
@@ -945,12 +1006,17 @@ impl SclSession {
 
     fn flush_inner(&mut self) -> Result<(), StateError> {
         self.renew()?;
-        let flushed = self.inner().flush_worker(
-            self.index,
-            Some((self.incarnation, self.holder, self.tag)),
-            None,
-        )?;
-        self.inner().acknowledge(&flushed)
+        let flushed = self
+            .inner()
+            .flush_worker(
+                self.index,
+                Some((self.incarnation, self.holder, self.tag)),
+                None,
+            )
+            .map_err(|e| self.give_up(e))?;
+        self.inner()
+            .acknowledge(&flushed)
+            .map_err(|e| self.give_up(e))
     }
 
     fn finish_inner(&mut self) -> Result<(), StateError> {

@@ -1,0 +1,271 @@
+//! The SCL shell under injected link faults: a lock request or its reply lost at a chosen
+//! moment, deterministically (the embedded cluster, with a [`FaultyLink`] between the
+//! workers and the manager).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use psl_capsule::SealedRecord;
+use psl_nats::LocalBus;
+use psl_runtime::{LockMode, Session, State, StateError};
+use psl_scl::lock::{FencingToken, HolderId, LockMode as SclMode, LockName, Watermark};
+use psl_scl::worker::WorkerCore;
+use psl_store::{DirStore, RecordStore, StoreOptions};
+
+use super::link::{Granted, ManagerLink};
+use super::{ClusterError, SclCluster};
+use crate::trust::SimTrust;
+
+/// Which call a fault hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Call {
+    Acknowledge,
+    Release,
+}
+
+/// What the fault does to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loss {
+    /// The request never reaches the manager.
+    Request,
+    /// The manager carries it out; its reply is lost.
+    Reply,
+}
+
+/// A link that loses the next request (or reply) of an armed call, once.
+struct FaultyLink {
+    inner: Arc<dyn ManagerLink>,
+    armed: Mutex<Vec<(Call, Loss)>>,
+}
+
+impl FaultyLink {
+    fn arm(&self, call: Call, loss: Loss) {
+        self.armed.lock().push((call, loss));
+    }
+
+    /// Runs `op` through the armed fault for `call`, if any.
+    fn through(
+        &self,
+        call: Call,
+        op: impl FnOnce() -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let fault = {
+            let mut armed = self.armed.lock();
+            let at = armed.iter().position(|(c, _)| *c == call);
+            at.map(|i| armed.remove(i).1)
+        };
+        let lost = || Err(StateError::Unavailable(format!("{call:?}: no reply (injected)")));
+        match fault {
+            None => op(),
+            Some(Loss::Request) => lost(),
+            Some(Loss::Reply) => {
+                let _ = op();
+                lost()
+            }
+        }
+    }
+}
+
+impl ManagerLink for FaultyLink {
+    fn enroll(&self) -> Result<(WorkerCore, SealedRecord), ClusterError> {
+        self.inner.enroll()
+    }
+
+    fn acquire(
+        &self,
+        holder: HolderId,
+        request_id: u64,
+        name: &LockName,
+        mode: SclMode,
+        deadline: Instant,
+    ) -> Result<Granted, StateError> {
+        self.inner.acquire(holder, request_id, name, mode, deadline)
+    }
+
+    fn release(
+        &self,
+        holder: HolderId,
+        name: &LockName,
+        token: FencingToken,
+        watermark: &Watermark,
+        fenced: bool,
+    ) -> Result<(), StateError> {
+        self.through(Call::Release, || {
+            self.inner.release(holder, name, token, watermark, fenced)
+        })
+    }
+
+    fn acknowledge(
+        &self,
+        holder: HolderId,
+        name: &LockName,
+        token: FencingToken,
+        watermark: &Watermark,
+    ) -> Result<(), StateError> {
+        self.through(Call::Acknowledge, || {
+            self.inner.acknowledge(holder, name, token, watermark)
+        })
+    }
+
+    fn renew(
+        &self,
+        holder: HolderId,
+        name: &LockName,
+        token: FencingToken,
+    ) -> Result<Duration, StateError> {
+        self.inner.renew(holder, name, token)
+    }
+
+    fn forget(&self, holder: HolderId) -> Result<(), StateError> {
+        self.inner.forget(holder)
+    }
+
+    fn drain(&self, wait: Duration) -> bool {
+        self.inner.drain(wait)
+    }
+}
+
+const LEASE_MS: u64 = 800;
+const WAIT: Duration = Duration::from_secs(10);
+
+fn cluster(workers: usize) -> (SclCluster, Arc<FaultyLink>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("capsule");
+    let open = |metadata: &psl_capsule::CapsuleMetadata| -> Result<Arc<dyn RecordStore>, ClusterError> {
+        Ok(Arc::new(DirStore::create(&path, metadata, StoreOptions::default())?))
+    };
+    let faulty: Mutex<Option<Arc<FaultyLink>>> = Mutex::new(None);
+    let wrap = |inner: Arc<dyn ManagerLink>| -> Arc<dyn ManagerLink> {
+        let link = Arc::new(FaultyLink {
+            inner,
+            armed: Mutex::new(Vec::new()),
+        });
+        *faulty.lock() = Some(Arc::clone(&link));
+        link
+    };
+    let cluster = SclCluster::start_linked(
+        workers,
+        LEASE_MS,
+        SimTrust::generate().unwrap(),
+        Arc::new(LocalBus::new(psl_nats::bus::LOCAL_MAX_PAYLOAD)),
+        &open,
+        &wrap,
+    )
+    .unwrap();
+    let link = faulty.lock().take().unwrap();
+    (cluster, link, dir)
+}
+
+fn number(session: &mut dyn Session, key: &str) -> Result<u64, StateError> {
+    Ok(session
+        .get(key.as_bytes())?
+        .map(|v| String::from_utf8(v).unwrap().parse().unwrap())
+        .unwrap_or(0))
+}
+
+/// Moves `amount` from `from` to `to` on `worker`, under both accounts' locks (sorted), the
+/// way the bank example does. Retried while the worker restarts.
+fn transfer(cluster: &SclCluster, worker: usize, from: &str, to: &str, amount: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut session = cluster.worker(worker).session();
+        let result = (|| {
+            let (first, second) = if from < to { (from, to) } else { (to, from) };
+            session.lock(first.as_bytes(), LockMode::Write, WAIT)?;
+            session.lock(second.as_bytes(), LockMode::Write, WAIT)?;
+            let (have, dest) = (number(&mut *session, from)?, number(&mut *session, to)?);
+            session.put(from.as_bytes(), (have - amount).to_string().as_bytes())?;
+            session.put(to.as_bytes(), (dest + amount).to_string().as_bytes())?;
+            session.finish()
+        })();
+        match result {
+            Ok(()) => return,
+            Err(e) if Instant::now() < deadline => eprintln!("transfer retried: {e}"),
+            Err(e) => panic!("transfer failed: {e}"),
+        }
+    }
+}
+
+/// Every worker's sum of `accounts`, read under all their locks, once the cluster settled.
+fn totals(cluster: &SclCluster, accounts: &[&str]) -> Vec<u64> {
+    // Let every lease the faults left behind run out, and their verdicts arrive.
+    std::thread::sleep(Duration::from_millis(LEASE_MS * 3));
+    assert!(cluster.settle(WAIT));
+    (0..cluster.n_workers())
+        .map(|worker| {
+            let mut session = cluster.worker(worker).session();
+            for account in accounts {
+                session
+                    .lock(account.as_bytes(), LockMode::Write, WAIT)
+                    .unwrap();
+            }
+            let sum = accounts
+                .iter()
+                .map(|a| number(&mut *session, a).unwrap())
+                .sum();
+            session.finish().unwrap();
+            sum
+        })
+        .collect()
+}
+
+/// A transfer whose release of one account is lost (acknowledgement or release, request or
+/// reply), followed at once by a transfer on the same worker that reads the other account.
+/// Whatever the lost call did, the total is kept on every replica: the first transfer's record
+/// either commits whole or not at all, and nobody builds on it while its fate is unknown.
+fn lost_call_keeps_the_total(call: Call, loss: Loss) {
+    let (cluster, link, _dir) = cluster(2);
+    let accounts = ["a", "b", "c"];
+    {
+        let mut session = cluster.worker(0).session();
+        for account in accounts {
+            session.lock(account.as_bytes(), LockMode::Write, WAIT).unwrap();
+        }
+        session.put(b"a", b"100").unwrap();
+        session.put(b"b", b"100").unwrap();
+        session.finish().unwrap();
+    }
+    // Worker 0 moves 30 from a to b; the call that releases b (or acknowledges the flush
+    // under a, which b's release flushed) is lost.
+    let mut session = cluster.worker(0).session();
+    session.lock(b"a", LockMode::Write, WAIT).unwrap();
+    session.lock(b"b", LockMode::Write, WAIT).unwrap();
+    session.put(b"a", b"70").unwrap();
+    session.put(b"b", b"130").unwrap();
+    link.arm(call, loss);
+    let unlocked_b = session.unlock(b"b");
+    let unlocked_a = session.unlock(b"a");
+    let finished = session.finish();
+    drop(session);
+    eprintln!("{call:?} {loss:?}: unlock b {unlocked_b:?}, unlock a {unlocked_a:?}, finish {finished:?}");
+    // At once, on the same worker: 10 from a to c.
+    transfer(&cluster, 0, "a", "c", 10);
+    let totals = totals(&cluster, &accounts);
+    assert!(
+        totals.iter().all(|t| *t == 200),
+        "{call:?} {loss:?}: totals {totals:?}, not 200"
+    );
+    let digests = cluster.digests();
+    assert!(digests.windows(2).all(|d| d[0] == d[1]), "replicas diverged");
+}
+
+#[test]
+fn a_lost_acknowledgement_request_keeps_the_total() {
+    lost_call_keeps_the_total(Call::Acknowledge, Loss::Request);
+}
+
+#[test]
+fn a_lost_acknowledgement_reply_keeps_the_total() {
+    lost_call_keeps_the_total(Call::Acknowledge, Loss::Reply);
+}
+
+#[test]
+fn a_lost_release_request_keeps_the_total() {
+    lost_call_keeps_the_total(Call::Release, Loss::Request);
+}
+
+#[test]
+fn a_lost_release_reply_keeps_the_total() {
+    lost_call_keeps_the_total(Call::Release, Loss::Reply);
+}
