@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use psl_nats::{Bus, BusError};
 
-use super::link::BusLink;
+use super::link::{BusLink, Sent};
 use super::wire::{self, Invocation, InvokeStatus, decode_answer};
 use crate::gateway::{BODY_BYTES_MAX, CHALLENGE_BYTES_MAX};
 use crate::platform::LATENCY_BUCKETS_S;
@@ -74,7 +74,7 @@ pub const IN_FLIGHT_MAX: usize = 1024;
 enum Prepared {
     Send {
         subject: String,
-        counter: u64,
+        sent: Sent,
         sealed: Bytes,
     },
     Answer((InvokeStatus, Vec<u8>)),
@@ -124,11 +124,11 @@ impl GatewayNode {
         let result = match self.prepare(function, input) {
             Ok(Prepared::Send {
                 subject,
-                counter,
+                sent,
                 sealed,
             }) => {
                 let reply = self.link.bus().request(&subject, sealed, self.timeout);
-                self.finish(function, counter, reply)
+                self.finish(function, &sent, reply)
             }
             Ok(Prepared::Answer(answer)) => Ok(answer),
             Err(e) => Err(e),
@@ -147,7 +147,7 @@ impl GatewayNode {
         let result = match self.prepare(function, input) {
             Ok(Prepared::Send {
                 subject,
-                counter,
+                sent,
                 sealed,
             }) => {
                 let reply = self
@@ -155,7 +155,7 @@ impl GatewayNode {
                     .bus()
                     .request_async(&subject, sealed, self.timeout)
                     .await;
-                self.finish(function, counter, reply)
+                self.finish(function, &sent, reply)
             }
             Ok(Prepared::Answer(answer)) => Ok(answer),
             Err(e) => Err(e),
@@ -199,22 +199,22 @@ impl GatewayNode {
             sent_ms: now_ms(),
             input,
         };
-        let (counter, sealed) = self
+        let (sent, sealed) = self
             .link
             .seal_request(&call.encode())
             .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
         Ok(Prepared::Send {
             subject,
-            counter,
+            sent,
             sealed: Bytes::from(sealed),
         })
     }
 
-    /// Opens and decodes a worker's answer to request `counter`.
+    /// Opens and decodes a worker's answer to the request `sent`.
     fn finish(
         &self,
         function: &str,
-        counter: u64,
+        sent: &Sent,
         reply: Result<psl_nats::BusMessage, BusError>,
     ) -> Result<(InvokeStatus, Vec<u8>), GatewayError> {
         let reply = reply.map_err(|e| match e {
@@ -225,7 +225,7 @@ impl GatewayNode {
         })?;
         let plain = self
             .link
-            .open_reply(counter, &reply.payload)
+            .open_reply(sent, &reply.payload)
             .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
         let (status, body) =
             decode_answer(&plain).map_err(|e| GatewayError::Unavailable(e.to_string()))?;

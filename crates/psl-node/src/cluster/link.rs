@@ -47,6 +47,13 @@ struct Channel {
     counter: AtomicU64,
 }
 
+/// A request sealed on the channel of one incarnation: its reply is opened on that channel,
+/// even if the node re-enrolled (a new incarnation, a new channel) while it was on its way.
+pub struct Sent {
+    channel: Arc<Channel>,
+    counter: u64,
+}
+
 /// The manager, over the bus.
 pub struct BusLink {
     bus: Arc<dyn Bus>,
@@ -195,26 +202,25 @@ impl BusLink {
             .ok_or_else(|| StateError::Unavailable("not enrolled".into()))
     }
 
-    /// Seals `payload` as a request of this incarnation: returns its counter and the envelope.
-    pub fn seal_request(&self, payload: &[u8]) -> Result<(u64, Vec<u8>), StateError> {
+    /// Seals `payload` as a request of this incarnation: what its reply must answer, and the
+    /// envelope.
+    pub fn seal_request(&self, payload: &[u8]) -> Result<(Sent, Vec<u8>), StateError> {
         let channel = self.channel()?;
         let counter = channel.counter.fetch_add(1, Ordering::Relaxed) + 1;
-        Ok((
-            counter,
-            channel
-                .keys
-                .seal(Direction::Request, channel.me, counter, payload),
-        ))
+        let sealed = channel
+            .keys
+            .seal(Direction::Request, channel.me, counter, payload);
+        Ok((Sent { channel, counter }, sealed))
     }
 
-    /// Opens the reply to request `counter`; refuses anything else.
-    pub fn open_reply(&self, counter: u64, bytes: &[u8]) -> Result<Vec<u8>, StateError> {
-        let channel = self.channel()?;
+    /// Opens the reply to the request `sent`; refuses anything else.
+    pub fn open_reply(&self, sent: &Sent, bytes: &[u8]) -> Result<Vec<u8>, StateError> {
+        let channel = &sent.channel;
         let opened = channel
             .keys
             .open(Direction::Reply, bytes)
             .map_err(|e| StateError::Unavailable(format!("reply refused: {e}")))?;
-        if opened.sender != channel.me || opened.counter != counter {
+        if opened.sender != channel.me || opened.counter != sent.counter {
             return Err(StateError::Unavailable(
                 "reply refused: it answers another request".into(),
             ));
@@ -229,7 +235,7 @@ impl BusLink {
         plain: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>, RequestError> {
-        let (counter, sealed) = self.seal_request(plain)?;
+        let (sent, sealed) = self.seal_request(plain)?;
         let reply = self
             .bus
             .request(subject, Bytes::from(sealed), timeout)
@@ -237,7 +243,7 @@ impl BusLink {
                 BusError::Timeout { .. } => RequestError::Timeout,
                 other => RequestError::Other(StateError::Unavailable(format!("manager: {other}"))),
             })?;
-        Ok(self.open_reply(counter, &reply.payload)?)
+        Ok(self.open_reply(&sent, &reply.payload)?)
     }
 
     fn request(

@@ -162,6 +162,9 @@ impl ManagerHost {
     }
 }
 
+/// Longest pause between two tries of a manager append the store failed.
+const APPEND_RETRY_MAX: Duration = Duration::from_secs(2);
+
 fn append_loop(host: &Weak<ManagerHost>, jobs: &mpsc::Receiver<AppendJob>) {
     while let Ok(job) = jobs.recv() {
         match job {
@@ -169,27 +172,51 @@ fn append_loop(host: &Weak<ManagerHost>, jobs: &mpsc::Receiver<AppendJob>) {
                 let _ = done.send(());
             }
             AppendJob::Records(records) => {
+                for chunk in append_chunks(&records) {
+                    if !append_until_durable(host, chunk) {
+                        return;
+                    }
+                }
                 let Some(host) = host.upgrade() else {
                     return;
                 };
-                let mut appended = true;
-                for chunk in append_chunks(&records) {
-                    if let Err(e) = host.store.append(chunk, Durability::Batch) {
-                        // The store poisons itself after a failed fsync; holders waiting for
-                        // these records time out rather than proceed without them.
-                        tracing::error!(%e, "appending the manager's records failed");
-                        appended = false;
-                        break;
-                    }
-                }
-                if appended {
-                    for record in &records {
-                        host.broadcast(record);
-                    }
+                for record in &records {
+                    host.broadcast(record);
                 }
             }
         }
     }
+}
+
+/// Appends one chunk of the manager's records, trying again until the store takes it: they
+/// are sealed into the manager's chain already, so skipping them would leave a gap no later
+/// record could be appended after (every verdict after it would be lost). A retry is
+/// idempotent (records already stored count as duplicates). Holders waiting for these records
+/// time out meanwhile. False when the host is gone.
+fn append_until_durable(host: &Weak<ManagerHost>, chunk: &[SealedRecord]) -> bool {
+    let mut pause = Duration::from_millis(50);
+    for attempt in 0u64.. {
+        let Some(strong) = host.upgrade() else {
+            return false;
+        };
+        match strong.store.append(chunk, Durability::Batch) {
+            Ok(_) => {
+                if attempt > 0 {
+                    tracing::info!(attempt, "the manager's records are durable again");
+                }
+                return true;
+            }
+            Err(e) => {
+                if attempt.is_power_of_two() || attempt == 0 {
+                    tracing::error!(%e, attempt, "appending the manager's records failed; retrying");
+                }
+            }
+        }
+        drop(strong);
+        std::thread::sleep(pause);
+        pause = pause.saturating_mul(2).min(APPEND_RETRY_MAX);
+    }
+    false
 }
 
 fn tick_loop(host: &Weak<ManagerHost>) {
