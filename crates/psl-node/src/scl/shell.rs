@@ -48,9 +48,19 @@ pub(crate) struct Worker {
     appends: Mutex<AppendQueue>,
     appends_changed: Condvar,
     /// Held while an incarnation is replaced, so two threads that find the same incarnation
-    /// done (receiver, appender, a session) replace it once.
+    /// done (receiver, appender, a test's kill) replace it once.
     restarting: Mutex<()>,
+    /// Holders of sessions whose records are in doubt (see [`SclSession::give_up`]): the
+    /// restart makes the manager forget them (at most [`IN_DOUBT_MAX`]; leases end the rest).
+    in_doubt: Mutex<Vec<HolderId>>,
 }
+
+/// Holders in doubt a worker remembers for its restart at most.
+const IN_DOUBT_MAX: usize = 4096;
+
+/// How long a new session waits for its worker's next incarnation when the current one is
+/// poisoned (being replaced) before it starts anyway and fails at its first call.
+const RESTART_WAIT: Duration = Duration::from_secs(5);
 
 /// A worker's sealed records on their way to the store, in chain order. Flushes queue their
 /// records under the slot lock and wait (without it) until `durable` reaches their head; the
@@ -148,6 +158,7 @@ impl Inner {
                 appends: Mutex::new(AppendQueue::new(1)),
                 appends_changed: Condvar::new(),
                 restarting: Mutex::new(()),
+                in_doubt: Mutex::new(Vec::new()),
             }));
         }
         let inner = Arc::new(Inner {
@@ -256,7 +267,14 @@ impl Inner {
     pub(crate) fn session(self: &Arc<Self>, index: usize) -> Box<dyn Session> {
         let number = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (writer, incarnation) = {
-            let slot = self.workers[index].slot.lock();
+            let worker = &self.workers[index];
+            let mut slot = worker.slot.lock();
+            let deadline = Instant::now() + RESTART_WAIT;
+            while slot.core.poisoned() {
+                if worker.applied.wait_until(&mut slot, deadline).timed_out() {
+                    break;
+                }
+            }
             (slot.core.replica().writer(), slot.incarnation)
         };
         let mut hasher = blake3::Hasher::new();
@@ -507,46 +525,55 @@ impl Inner {
     fn restart(&self, index: usize, from: Option<u64>) -> Result<(), ClusterError> {
         let worker = &self.workers[index];
         let _one = worker.restarting.lock();
-        if from.is_some_and(|incarnation| worker.slot.lock().incarnation != incarnation) {
-            return Ok(());
+        // The old incarnation serves nothing from here on, and the manager forgets its
+        // holders first, so other workers wait for nothing while this one re-enrolls and
+        // replays: their writes after the last acknowledged flush are refused by the verdicts.
+        let mut holders: Vec<HolderId> = {
+            let mut slot = worker.slot.lock();
+            if from.is_some_and(|incarnation| slot.incarnation != incarnation) {
+                return Ok(());
+            }
+            slot.core.poison();
+            slot.held.values().map(|h| h.holder).collect()
+        };
+        worker.applied.notify_all();
+        holders.extend(worker.in_doubt.lock().drain(..));
+        holders.sort_unstable();
+        holders.dedup();
+        for holder in holders {
+            if let Err(e) = self.link.forget(holder) {
+                tracing::warn!(%e, "manager could not forget a dead holder");
+            }
         }
         let (core, genesis) = self.link.enroll()?;
         self.store
             .append(std::slice::from_ref(&genesis), Durability::Always)?;
-        let old_holders: Vec<HolderId> = {
+        {
             let mut slot = worker.slot.lock();
-            let holders = slot.held.values().map(|h| h.holder).collect();
             slot.core = core;
             slot.incarnation += 1;
             slot.held.clear();
             *worker.appends.lock() = AppendQueue::new(slot.incarnation);
             worker.appends_changed.notify_all();
-            holders
-        };
+        }
         // Recovery: the new incarnation replays every chain in the store.
         self.catch_up(index)?;
         self.counters.restarts.fetch_add(1, Ordering::Relaxed);
         self.broadcast(&genesis);
-        // The old incarnation's grants: its writes after the last acknowledged flush are
-        // refused by the verdicts.
-        for holder in old_holders {
-            if let Err(e) = self.link.forget(holder) {
-                tracing::warn!(%e, "manager could not forget a dead holder");
-            }
-        }
         tracing::info!(worker = index, "worker restarted from the record store");
         Ok(())
     }
 }
 
 impl Inner {
-    /// Poisons worker `index`'s `incarnation` because the outcome of records it sealed is
-    /// unknown (a lost release or acknowledgement, a flush that failed or timed out): those
-    /// records may yet be refused, and its replica already shows their writes. From now on no
-    /// session reads them (a session on another lock those records were sealed under could
-    /// otherwise build on writes that are later refused); the caller then replaces it
-    /// ([`Self::restart_from`]). False if it was replaced already.
-    fn poison(&self, index: usize, incarnation: u64) -> bool {
+    /// Poisons worker `index`'s `incarnation` because the outcome of records `holder` sealed
+    /// there is unknown (a lost release or acknowledgement, a flush that failed or timed out):
+    /// those records may yet be refused, and its replica already shows their writes. From now
+    /// on no session reads them (a session on another lock those records were sealed under
+    /// could otherwise build on writes that are later refused). The worker's receiver replaces
+    /// the incarnation, and the manager forgets `holder` first. False if it was replaced
+    /// already.
+    fn poison(&self, index: usize, incarnation: u64, holder: HolderId) -> bool {
         let worker = &self.workers[index];
         let mut slot = worker.slot.lock();
         if slot.incarnation != incarnation {
@@ -554,6 +581,11 @@ impl Inner {
         }
         slot.core.poison();
         drop(slot);
+        let mut in_doubt = worker.in_doubt.lock();
+        if in_doubt.len() < IN_DOUBT_MAX {
+            in_doubt.push(holder);
+        }
+        drop(in_doubt);
         worker.applied.notify_all();
         true
     }
@@ -650,8 +682,16 @@ fn receive_loop(
     loop {
         let message = match subscription.recv_timeout(Duration::from_millis(200)) {
             Ok(Some(message)) => message,
-            Ok(None) if inner.strong_count() > 0 => continue,
-            Ok(None) | Err(_) => return,
+            Ok(None) => {
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                // A session poisoned the incarnation (records in doubt), or a restart failed
+                // (enrollment needs the manager): replace it now.
+                restart_if_poisoned(&inner, index);
+                continue;
+            }
+            Err(_) => return,
         };
         let Some(inner) = inner.upgrade() else {
             return;
@@ -694,20 +734,28 @@ fn receive_loop(
                 }
             }
         }
-        let poisoned = slot.core.poisoned().then_some(slot.incarnation);
         drop(slot);
         worker.applied.notify_all();
-        if let Some(incarnation) = poisoned {
-            // A verdict refused this incarnation's own writes (it wrote under a lease that had
-            // ended), or a session lost track of one: its replica shows writes nobody else
-            // may apply, so it starts over.
-            tracing::warn!(
-                worker = index,
-                "own writes fenced or in doubt; restarting the worker"
-            );
-            if let Err(e) = inner.restart_from(index, incarnation) {
-                tracing::error!(worker = index, %e, "worker restart failed");
-            }
+        restart_if_poisoned(&inner, index);
+    }
+}
+
+/// Replaces worker `index`'s incarnation if it is poisoned: a verdict refused its own writes
+/// (it wrote under a lease that had ended), or a session lost track of a verdict on its
+/// records. Its replica shows writes nobody else may apply, so it starts over.
+fn restart_if_poisoned(inner: &Inner, index: usize) {
+    let poisoned = {
+        let slot = inner.workers[index].slot.lock();
+        slot.core.poisoned().then_some(slot.incarnation)
+    };
+    if let Some(incarnation) = poisoned {
+        tracing::warn!(
+            worker = index,
+            "own writes fenced or in doubt; restarting the worker"
+        );
+        if let Err(e) = inner.restart_from(index, incarnation) {
+            // Tried again on the receiver's next turn.
+            tracing::error!(worker = index, %e, "worker restart failed");
         }
     }
 }
@@ -801,16 +849,11 @@ impl SclSession {
     /// [`Inner::end_incarnation`]); this holder is forgotten, which is the crash verdict: only
     /// what it acknowledged commits.
     fn give_up(&self, why: StateError) -> StateError {
-        let in_doubt = self.inner.poison(self.index, self.incarnation);
-        if let Err(forgot) = self.inner.link.forget(self.holder) {
+        if self.inner.poison(self.index, self.incarnation, self.holder) {
+            tracing::warn!(worker = self.index, %why, "records in doubt; the worker restarts");
+        } else if let Err(forgot) = self.inner.link.forget(self.holder) {
+            // Replaced already: the restart may have missed this holder's released grant.
             tracing::warn!(%forgot, "could not give up the grants of a session in doubt");
-        }
-        if in_doubt {
-            tracing::warn!(worker = self.index, %why, "records in doubt; restarting the worker");
-            if let Err(e) = self.inner.restart_from(self.index, self.incarnation) {
-                // The receiver tries again on the next record (a poisoned core serves nothing).
-                tracing::error!(worker = self.index, %e, "worker restart failed");
-            }
         }
         why
     }
