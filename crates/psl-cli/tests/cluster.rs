@@ -166,11 +166,10 @@ fn invoke(url: &str, function: &str, input: &str) -> (u16, String) {
     }
 }
 
-/// [`ok`], printing every node's log first when it fails.
-fn ok_or_logs(cluster: &Cluster, function: &str, input: &str) -> String {
-    let (status, body) = invoke(&cluster.url, function, input);
-    if status != 200 {
-        for entry in std::fs::read_dir(cluster.dir.path()).unwrap().flatten() {
+impl Cluster {
+    /// Prints every node's log.
+    fn print_logs(&self) {
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
             if entry.path().extension().is_some_and(|e| e == "log") {
                 eprintln!(
                     "==== {}\n{}",
@@ -179,6 +178,23 @@ fn ok_or_logs(cluster: &Cluster, function: &str, input: &str) -> String {
                 );
             }
         }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // PSL_TEST_LOGS=1 keeps what the nodes said in passing runs too.
+        if std::env::var("PSL_TEST_LOGS").is_ok_and(|v| v == "1") {
+            self.print_logs();
+        }
+    }
+}
+
+/// [`ok`], printing every node's log first when it fails.
+fn ok_or_logs(cluster: &Cluster, function: &str, input: &str) -> String {
+    let (status, body) = invoke(&cluster.url, function, input);
+    if status != 200 {
+        cluster.print_logs();
         panic!("{function}({input}): {status} {body}");
     }
     body

@@ -207,6 +207,9 @@ pub struct Effects {
     pub grants: Vec<Grant>,
     /// Holders that lost a lock without releasing it (tell them, if reachable).
     pub expired: Vec<(LockName, HolderId, FencingToken)>,
+    /// The call repeated a release carried out before (see [`Manager::release`]): nothing
+    /// changed.
+    pub repeated: bool,
 }
 
 /// Why a manager call failed.
@@ -232,10 +235,32 @@ pub struct Manager {
     /// Per lock, the manager seq of its latest expiry verdict (see `stamp`).
     last_expiry: BTreeMap<LockName, u64>,
     expiry_floor: u64,
+    /// Recent releases by token (tokens are unique and grow, so the first is the oldest).
+    released: BTreeMap<u64, Released>,
 }
 
 /// Locks whose latest expiry the manager remembers individually.
 const LAST_EXPIRY_MAX: usize = 65_536;
+/// Releases the manager remembers, so that the same release sent again (a retry after a lost
+/// reply) is answered again instead of refused.
+pub const RELEASED_MAX: usize = 65_536;
+
+/// A release the manager carried out: who released, and a digest of the watermark it carried.
+#[derive(Debug)]
+struct Released {
+    name: LockName,
+    holder: HolderId,
+    watermark: [u8; 32],
+}
+
+fn watermark_digest(watermark: &Watermark) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    for (writer, seq) in watermark.iter() {
+        hasher.update(&writer.0);
+        hasher.update(&seq.to_le_bytes());
+    }
+    *hasher.finalize().as_bytes()
+}
 
 impl Manager {
     /// Starts the manager's chain; returns it with its genesis record (publish it first).
@@ -257,6 +282,7 @@ impl Manager {
                 verdicts_issued: 0,
                 last_expiry: BTreeMap::new(),
                 expiry_floor: 0,
+                released: BTreeMap::new(),
             },
             genesis,
         ))
@@ -352,6 +378,11 @@ impl Manager {
     /// Release (see [`LockService::release`]). `fenced` says whether the holder sealed any
     /// record under this grant; if so, the verdict (the lock's watermark after the release,
     /// which covers the release watermark and the acknowledged flushes) is sealed as a record.
+    ///
+    /// Idempotent: the same release again (same holder, lock, token and watermark; a retry
+    /// after a lost reply) succeeds with no effects, since the first one's verdict covers what
+    /// it names. The last [`RELEASED_MAX`] releases are remembered; an older retry is refused
+    /// like any release of a grant that is gone, and the holder treats it as a lost grant.
     pub fn release(
         &mut self,
         now_ms: u64,
@@ -361,7 +392,35 @@ impl Manager {
         watermark: &Watermark,
         fenced: bool,
     ) -> Result<Effects, ManagerError> {
-        let grants = self.locks.release(now_ms, holder, name, token, watermark)?;
+        let grants = match self.locks.release(now_ms, holder, name, token, watermark) {
+            Ok(grants) => grants,
+            Err(e) => {
+                let again = self.released.get(&token.0).is_some_and(|done| {
+                    done.holder == holder
+                        && done.name == *name
+                        && done.watermark == watermark_digest(watermark)
+                });
+                return if again {
+                    Ok(Effects {
+                        repeated: true,
+                        ..Effects::default()
+                    })
+                } else {
+                    Err(e.into())
+                };
+            }
+        };
+        if self.released.len() >= RELEASED_MAX {
+            self.released.pop_first();
+        }
+        self.released.insert(
+            token.0,
+            Released {
+                name: name.clone(),
+                holder,
+                watermark: watermark_digest(watermark),
+            },
+        );
         let mut effects = Effects::default();
         if fenced {
             let committed = self.locks.watermark(name).cloned().unwrap_or_default();
@@ -544,6 +603,57 @@ mod tests {
         huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_verdicts(&huge).is_err());
         assert_eq!(decode_verdicts(&[9]), Err(ControlError::Version(9)));
+    }
+
+    #[test]
+    fn the_same_release_again_is_answered_again() {
+        let capsule = psl_capsule::testkit::TestCapsule::new("release-again", 1);
+        let (keys, cert) = capsule.writer(1);
+        let (mut manager, _) = Manager::start(
+            &capsule.metadata,
+            &capsule.data_key,
+            keys,
+            &cert,
+            LockConfig::default(),
+        )
+        .unwrap();
+        let (alice, bob) = (HolderId([1; 16]), HolderId([2; 16]));
+        let name = LockName::new(b"acct".to_vec()).unwrap();
+        let grant = match manager.acquire(0, alice, 1, name.clone(), LockMode::Write) {
+            Ok(Reply::Granted(grant)) => grant,
+            other => panic!("{other:?}"),
+        };
+        let mut watermark = Watermark::new();
+        watermark.observe(writer(7), 3);
+        let first = manager
+            .release(1, alice, &name, grant.token, &watermark, true)
+            .unwrap();
+        assert_eq!(first.records.len(), 1, "the verdict");
+        // The reply was lost; the holder sends the same release again.
+        let again = manager
+            .release(2, alice, &name, grant.token, &watermark, true)
+            .unwrap();
+        assert!(again.repeated && again.records.is_empty() && again.grants.is_empty());
+        assert!(!first.repeated);
+        // Anything else about that grant is refused as before.
+        let mut other = watermark.clone();
+        other.observe(writer(7), 4);
+        assert!(
+            manager
+                .release(3, alice, &name, grant.token, &other, true)
+                .is_err()
+        );
+        assert!(
+            manager
+                .release(3, bob, &name, grant.token, &watermark, true)
+                .is_err()
+        );
+        let wrong = LockName::new(b"other".to_vec()).unwrap();
+        assert!(
+            manager
+                .release(3, alice, &wrong, grant.token, &watermark, true)
+                .is_err()
+        );
     }
 
     #[test]

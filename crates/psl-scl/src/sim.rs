@@ -715,7 +715,10 @@ impl Sim {
                 .release(now, holder, &name, token, &watermark, fenced)
             {
                 Ok(effects) => {
-                    if let Some(value) = value {
+                    // A repeat (a duplicate of a release carried out before) changes nothing.
+                    if let Some(value) = value
+                        && !effects.repeated
+                    {
                         self.oracle.released = value;
                     }
                     self.deliver_effects(effects);

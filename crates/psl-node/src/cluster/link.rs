@@ -65,9 +65,20 @@ pub struct BusLink {
     hello: Mutex<Option<Hello>>,
 }
 
-/// A request that failed: no reply in time, or anything else.
+/// Timeouts of the tries of a request the manager answers alike however often it gets it
+/// (release, acknowledge, renew, forget): a request or reply lost with a NATS server or
+/// connection is sent again instead of leaving the session's records in doubt. Together
+/// about [`REQUEST_TIMEOUT`].
+const IDEMPOTENT_TRIES: [Duration; 3] = [
+    Duration::from_millis(1000),
+    Duration::from_millis(1500),
+    Duration::from_millis(2500),
+];
+
+/// A request that failed: no reply in time, nobody subscribed, or anything else.
 enum RequestError {
     Timeout,
+    NoResponders(String),
     Other(StateError),
 }
 
@@ -81,6 +92,7 @@ impl From<RequestError> for StateError {
     fn from(e: RequestError) -> Self {
         match e {
             RequestError::Timeout => StateError::Unavailable("the manager did not answer".into()),
+            RequestError::NoResponders(e) => StateError::Unavailable(format!("manager: {e}")),
             RequestError::Other(e) => e,
         }
     }
@@ -241,6 +253,7 @@ impl BusLink {
             .request(subject, Bytes::from(sealed), timeout)
             .map_err(|e| match e {
                 BusError::Timeout { .. } => RequestError::Timeout,
+                BusError::NoResponders(_) => RequestError::NoResponders(e.to_string()),
                 other => RequestError::Other(StateError::Unavailable(format!("manager: {other}"))),
             })?;
         Ok(self.open_reply(&sent, &reply.payload)?)
@@ -297,11 +310,24 @@ impl BusLink {
         Ok(module)
     }
 
+    /// [`Self::request`] for a request the manager answers alike however often it gets it:
+    /// sent again (a new envelope, the same content) while no reply comes.
+    fn request_idempotent(&self, request: &ManagerRequest) -> Result<ManagerReply, StateError> {
+        let mut lost = RequestError::Timeout;
+        for (attempt, timeout) in IDEMPOTENT_TRIES.into_iter().enumerate() {
+            match self.request(request, timeout) {
+                Err(e @ (RequestError::Timeout | RequestError::NoResponders(_))) => {
+                    tracing::debug!(attempt, "no answer from the manager; sending again");
+                    lost = e;
+                }
+                other => return other.map_err(StateError::from),
+            }
+        }
+        Err(lost.into())
+    }
+
     fn expect_done(&self, name: &[u8], request: &ManagerRequest) -> Result<(), StateError> {
-        match self
-            .request(request, REQUEST_TIMEOUT)
-            .map_err(StateError::from)?
-        {
+        match self.request_idempotent(request)? {
             ManagerReply::Done => Ok(()),
             other => Err(reply_error(name, other)),
         }
@@ -375,7 +401,7 @@ impl ManagerLink for BusLink {
                     String::from_utf8_lossy(name.as_bytes()).into_owned(),
                 ))
             }
-            Err(RequestError::Other(e)) => Err(e),
+            Err(other) => Err(other.into()),
         }
     }
 
@@ -428,10 +454,7 @@ impl ManagerLink for BusLink {
             name: name.as_bytes().to_vec(),
             token: token.0,
         };
-        match self
-            .request(&request, REQUEST_TIMEOUT)
-            .map_err(StateError::from)?
-        {
+        match self.request_idempotent(&request)? {
             ManagerReply::Renewed { lease_ms } => Ok(Duration::from_millis(lease_ms)),
             other => Err(reply_error(name.as_bytes(), other)),
         }

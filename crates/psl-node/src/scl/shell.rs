@@ -571,14 +571,15 @@ impl Inner {
     /// those records may yet be refused, and its replica already shows their writes. From now
     /// on no session reads them (a session on another lock those records were sealed under
     /// could otherwise build on writes that are later refused). The worker's receiver replaces
-    /// the incarnation, and the manager forgets `holder` first. False if it was replaced
-    /// already.
-    fn poison(&self, index: usize, incarnation: u64, holder: HolderId) -> bool {
+    /// the incarnation, and the manager forgets `holder` first. `None` if it was replaced
+    /// already; whether this call poisoned it otherwise.
+    fn poison(&self, index: usize, incarnation: u64, holder: HolderId) -> Option<bool> {
         let worker = &self.workers[index];
         let mut slot = worker.slot.lock();
         if slot.incarnation != incarnation {
-            return false;
+            return None;
         }
+        let first = !slot.core.poisoned();
         slot.core.poison();
         drop(slot);
         let mut in_doubt = worker.in_doubt.lock();
@@ -587,7 +588,7 @@ impl Inner {
         }
         drop(in_doubt);
         worker.applied.notify_all();
-        true
+        Some(first)
     }
 }
 
@@ -849,11 +850,17 @@ impl SclSession {
     /// [`Inner::end_incarnation`]); this holder is forgotten, which is the crash verdict: only
     /// what it acknowledged commits.
     fn give_up(&self, why: StateError) -> StateError {
-        if self.inner.poison(self.index, self.incarnation, self.holder) {
-            tracing::warn!(worker = self.index, %why, "records in doubt; the worker restarts");
-        } else if let Err(forgot) = self.inner.link.forget(self.holder) {
-            // Replaced already: the restart may have missed this holder's released grant.
-            tracing::warn!(%forgot, "could not give up the grants of a session in doubt");
+        match self.inner.poison(self.index, self.incarnation, self.holder) {
+            Some(true) => {
+                tracing::warn!(worker = self.index, %why, "records in doubt; the worker restarts");
+            }
+            Some(false) => {}
+            None => {
+                // Replaced already: the restart may have missed this holder's released grant.
+                if let Err(forgot) = self.inner.link.forget(self.holder) {
+                    tracing::warn!(%forgot, "could not give up the grants of a session in doubt");
+                }
+            }
         }
         why
     }

@@ -55,7 +55,11 @@ impl FaultyLink {
             let at = armed.iter().position(|(c, _)| *c == call);
             at.map(|i| armed.remove(i).1)
         };
-        let lost = || Err(StateError::Unavailable(format!("{call:?}: no reply (injected)")));
+        let lost = || {
+            Err(StateError::Unavailable(format!(
+                "{call:?}: no reply (injected)"
+            )))
+        };
         match fault {
             None => op(),
             Some(Loss::Request) => lost(),
@@ -132,9 +136,14 @@ const WAIT: Duration = Duration::from_secs(10);
 fn cluster(workers: usize) -> (SclCluster, Arc<FaultyLink>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("capsule");
-    let open = |metadata: &psl_capsule::CapsuleMetadata| -> Result<Arc<dyn RecordStore>, ClusterError> {
-        Ok(Arc::new(DirStore::create(&path, metadata, StoreOptions::default())?))
-    };
+    let open =
+        |metadata: &psl_capsule::CapsuleMetadata| -> Result<Arc<dyn RecordStore>, ClusterError> {
+            Ok(Arc::new(DirStore::create(
+                &path,
+                metadata,
+                StoreOptions::default(),
+            )?))
+        };
     let faulty: Mutex<Option<Arc<FaultyLink>>> = Mutex::new(None);
     let wrap = |inner: Arc<dyn ManagerLink>| -> Arc<dyn ManagerLink> {
         let link = Arc::new(FaultyLink {
@@ -220,7 +229,9 @@ fn lost_call_keeps_the_total(call: Call, loss: Loss) {
     {
         let mut session = cluster.worker(0).session();
         for account in accounts {
-            session.lock(account.as_bytes(), LockMode::Write, WAIT).unwrap();
+            session
+                .lock(account.as_bytes(), LockMode::Write, WAIT)
+                .unwrap();
         }
         session.put(b"a", b"100").unwrap();
         session.put(b"b", b"100").unwrap();
@@ -238,7 +249,9 @@ fn lost_call_keeps_the_total(call: Call, loss: Loss) {
     let unlocked_a = session.unlock(b"a");
     let finished = session.finish();
     drop(session);
-    eprintln!("{call:?} {loss:?}: unlock b {unlocked_b:?}, unlock a {unlocked_a:?}, finish {finished:?}");
+    eprintln!(
+        "{call:?} {loss:?}: unlock b {unlocked_b:?}, unlock a {unlocked_a:?}, finish {finished:?}"
+    );
     // At once, on the same worker: 10 from a to c.
     transfer(&cluster, 0, "a", "c", 10);
     let totals = totals(&cluster, &accounts);
@@ -247,7 +260,10 @@ fn lost_call_keeps_the_total(call: Call, loss: Loss) {
         "{call:?} {loss:?}: totals {totals:?}, not 200"
     );
     let digests = cluster.digests();
-    assert!(digests.windows(2).all(|d| d[0] == d[1]), "replicas diverged");
+    assert!(
+        digests.windows(2).all(|d| d[0] == d[1]),
+        "replicas diverged"
+    );
 }
 
 #[test]
