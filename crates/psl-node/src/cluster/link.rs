@@ -75,6 +75,12 @@ const IDEMPOTENT_TRIES: [Duration; 3] = [
     Duration::from_millis(2500),
 ];
 
+/// How long a request that found no subscriber waits before it is sent again.
+const NO_RESPONDERS_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long an acquire waits for an answer before it sends the same request again.
+const ACQUIRE_RESEND: Duration = Duration::from_secs(1);
+
 /// A request that failed: no reply in time, nobody subscribed, or anything else.
 enum RequestError {
     Timeout,
@@ -318,6 +324,9 @@ impl BusLink {
             match self.request(request, timeout) {
                 Err(e @ (RequestError::Timeout | RequestError::NoResponders(_))) => {
                     tracing::debug!(attempt, "no answer from the manager; sending again");
+                    if matches!(e, RequestError::NoResponders(_)) {
+                        std::thread::sleep(NO_RESPONDERS_PAUSE);
+                    }
                     lost = e;
                 }
                 other => return other.map_err(StateError::from),
@@ -368,15 +377,32 @@ impl ManagerLink for BusLink {
         mode: LockMode,
         deadline: Instant,
     ) -> Result<Granted, StateError> {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        let request = ManagerRequest::Acquire {
-            holder: holder.0,
-            request_id,
-            name: name.as_bytes().to_vec(),
-            write: mode == LockMode::Write,
-            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        // Sent again every second while no answer comes: a lost request or grant (a NATS
+        // server died with it) costs a second, not the whole wait. The lock service answers the
+        // same (holder, request) alike (queued, or the same grant), and the manager answers a
+        // queued one on the reply subject of the latest copy.
+        let answer = loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let request = ManagerRequest::Acquire {
+                holder: holder.0,
+                request_id,
+                name: name.as_bytes().to_vec(),
+                write: mode == LockMode::Write,
+                wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            };
+            let this_try = wait.min(ACQUIRE_RESEND).max(Duration::from_millis(1));
+            match self.request(&request, this_try) {
+                Err(RequestError::Timeout) if this_try < wait => {}
+                Err(RequestError::NoResponders(_))
+                    if Instant::now() + NO_RESPONDERS_PAUSE < deadline =>
+                {
+                    // The manager's subscription is not known to this server (yet, or again).
+                    std::thread::sleep(NO_RESPONDERS_PAUSE);
+                }
+                other => break other,
+            }
         };
-        match self.request(&request, wait.max(Duration::from_millis(1))) {
+        match answer {
             Ok(ManagerReply::Granted(grant)) => {
                 let (grant, lease) = grant
                     .into_grant()
