@@ -735,9 +735,12 @@ fn receive_loop(
                 }
             }
         }
+        let poisoned = slot.core.poisoned().then_some(slot.incarnation);
         drop(slot);
         worker.applied.notify_all();
-        restart_if_poisoned(&inner, index);
+        if let Some(incarnation) = poisoned {
+            restart_poisoned(&inner, index, incarnation);
+        }
     }
 }
 
@@ -750,14 +753,18 @@ fn restart_if_poisoned(inner: &Inner, index: usize) {
         slot.core.poisoned().then_some(slot.incarnation)
     };
     if let Some(incarnation) = poisoned {
-        tracing::warn!(
-            worker = index,
-            "own writes fenced or in doubt; restarting the worker"
-        );
-        if let Err(e) = inner.restart_from(index, incarnation) {
-            // Tried again on the receiver's next turn.
-            tracing::error!(worker = index, %e, "worker restart failed");
-        }
+        restart_poisoned(inner, index, incarnation);
+    }
+}
+
+fn restart_poisoned(inner: &Inner, index: usize, incarnation: u64) {
+    tracing::warn!(
+        worker = index,
+        "own writes fenced or in doubt; restarting the worker"
+    );
+    if let Err(e) = inner.restart_from(index, incarnation) {
+        // Tried again on the receiver's next turn.
+        tracing::error!(worker = index, %e, "worker restart failed");
     }
 }
 
