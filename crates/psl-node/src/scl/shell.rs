@@ -50,13 +50,7 @@ pub(crate) struct Worker {
     /// Held while an incarnation is replaced, so two threads that find the same incarnation
     /// done (receiver, appender, a test's kill) replace it once.
     restarting: Mutex<()>,
-    /// Holders of sessions whose records are in doubt (see [`SclSession::give_up`]): the
-    /// restart makes the manager forget them (at most [`IN_DOUBT_MAX`]; leases end the rest).
-    in_doubt: Mutex<Vec<HolderId>>,
 }
-
-/// Holders in doubt a worker remembers for its restart at most.
-const IN_DOUBT_MAX: usize = 4096;
 
 /// How long a new session waits for its worker's next incarnation when the current one is
 /// poisoned (being replaced) before it starts anyway and fails at its first call.
@@ -158,7 +152,6 @@ impl Inner {
                 appends: Mutex::new(AppendQueue::new(1)),
                 appends_changed: Condvar::new(),
                 restarting: Mutex::new(()),
-                in_doubt: Mutex::new(Vec::new()),
             }));
         }
         let inner = Arc::new(Inner {
@@ -528,7 +521,7 @@ impl Inner {
         // The old incarnation serves nothing from here on, and the manager forgets its
         // holders first, so other workers wait for nothing while this one re-enrolls and
         // replays: their writes after the last acknowledged flush are refused by the verdicts.
-        let mut holders: Vec<HolderId> = {
+        let holders: Vec<HolderId> = {
             let mut slot = worker.slot.lock();
             if from.is_some_and(|incarnation| slot.incarnation != incarnation) {
                 return Ok(());
@@ -537,9 +530,6 @@ impl Inner {
             slot.held.values().map(|h| h.holder).collect()
         };
         worker.applied.notify_all();
-        holders.extend(worker.in_doubt.lock().drain(..));
-        holders.sort_unstable();
-        holders.dedup();
         for holder in holders {
             if let Err(e) = self.link.forget(holder) {
                 tracing::warn!(%e, "manager could not forget a dead holder");
@@ -571,9 +561,9 @@ impl Inner {
     /// those records may yet be refused, and its replica already shows their writes. From now
     /// on no session reads them (a session on another lock those records were sealed under
     /// could otherwise build on writes that are later refused). The worker's receiver replaces
-    /// the incarnation, and the manager forgets `holder` first. `None` if it was replaced
-    /// already; whether this call poisoned it otherwise.
-    fn poison(&self, index: usize, incarnation: u64, holder: HolderId) -> Option<bool> {
+    /// the incarnation. `None` if it was replaced already; whether this call poisoned it
+    /// otherwise.
+    fn poison(&self, index: usize, incarnation: u64) -> Option<bool> {
         let worker = &self.workers[index];
         let mut slot = worker.slot.lock();
         if slot.incarnation != incarnation {
@@ -582,11 +572,6 @@ impl Inner {
         let first = !slot.core.poisoned();
         slot.core.poison();
         drop(slot);
-        let mut in_doubt = worker.in_doubt.lock();
-        if in_doubt.len() < IN_DOUBT_MAX {
-            in_doubt.push(holder);
-        }
-        drop(in_doubt);
         worker.applied.notify_all();
         Some(first)
     }
@@ -854,20 +839,17 @@ impl SclSession {
     /// durable in time, or a lost (or refused) acknowledgement or release of a grant they
     /// were sealed under. Whether they commit now depends on verdicts this worker cannot
     /// predict, and its replica already shows them, so its incarnation ends (see
-    /// [`Inner::end_incarnation`]); this holder is forgotten, which is the crash verdict: only
-    /// what it acknowledged commits.
+    /// [`Inner::poison`]); this holder is forgotten, which is the crash verdict: only what it
+    /// acknowledged commits.
     fn give_up(&self, why: StateError) -> StateError {
-        match self.inner.poison(self.index, self.incarnation, self.holder) {
-            Some(true) => {
-                tracing::warn!(worker = self.index, %why, "records in doubt; the worker restarts");
-            }
-            Some(false) => {}
-            None => {
-                // Replaced already: the restart may have missed this holder's released grant.
-                if let Err(forgot) = self.inner.link.forget(self.holder) {
-                    tracing::warn!(%forgot, "could not give up the grants of a session in doubt");
-                }
-            }
+        if self.inner.poison(self.index, self.incarnation) == Some(true) {
+            tracing::warn!(worker = self.index, %why, "records in doubt; the worker restarts");
+        }
+        // After the poisoning: nothing on this worker reads the records any more when the
+        // manager frees their locks. (The restart forgets the holders of grants still in the
+        // fence set; a released one has left it.)
+        if let Err(forgot) = self.inner.link.forget(self.holder) {
+            tracing::warn!(%forgot, "could not give up the grants of a session in doubt");
         }
         why
     }

@@ -22,6 +22,7 @@ use crate::trust::SimTrust;
 enum Call {
     Acknowledge,
     Release,
+    Forget,
 }
 
 /// What the fault does to it.
@@ -122,7 +123,7 @@ impl ManagerLink for FaultyLink {
     }
 
     fn forget(&self, holder: HolderId) -> Result<(), StateError> {
-        self.inner.forget(holder)
+        self.through(Call::Forget, || self.inner.forget(holder))
     }
 
     fn drain(&self, wait: Duration) -> bool {
@@ -220,7 +221,8 @@ fn totals(cluster: &SclCluster, accounts: &[&str]) -> Vec<u64> {
 }
 
 /// A transfer whose release of one account is lost (acknowledgement or release, request or
-/// reply), followed at once by a transfer on the same worker that reads the other account.
+/// reply, and the first forget after it), followed at once by a transfer on the same worker
+/// that reads the other account.
 /// Whatever the lost call did, the total is kept on every replica: the first transfer's record
 /// either commits whole or not at all, and nobody builds on it while its fate is unknown.
 fn lost_call_keeps_the_total(call: Call, loss: Loss) {
@@ -245,6 +247,9 @@ fn lost_call_keeps_the_total(call: Call, loss: Loss) {
     session.put(b"a", b"70").unwrap();
     session.put(b"b", b"130").unwrap();
     link.arm(call, loss);
+    // The session's first attempt to give its grants up is lost too (the network that lost
+    // the call may lose that one as well): the worker must not depend on it.
+    link.arm(Call::Forget, Loss::Request);
     let unlocked_b = session.unlock(b"b");
     let unlocked_a = session.unlock(b"a");
     let finished = session.finish();
