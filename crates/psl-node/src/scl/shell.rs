@@ -556,24 +556,23 @@ impl Inner {
 }
 
 impl Inner {
-    /// Poisons worker `index`'s `incarnation` because the outcome of records `holder` sealed
-    /// there is unknown (a lost release or acknowledgement, a flush that failed or timed out):
-    /// those records may yet be refused, and its replica already shows their writes. From now
-    /// on no session reads them (a session on another lock those records were sealed under
-    /// could otherwise build on writes that are later refused). The worker's receiver replaces
-    /// the incarnation. `None` if it was replaced already; whether this call poisoned it
-    /// otherwise.
-    fn poison(&self, index: usize, incarnation: u64) -> Option<bool> {
+    /// Poisons worker `index`'s `incarnation` because the outcome of records sealed there is
+    /// unknown (a lost release or acknowledgement, a flush that failed or timed out): those
+    /// records may yet be refused, and its replica already shows their writes. From now on no
+    /// session reads them (a session on another lock those records were sealed under could
+    /// otherwise build on writes that are later refused). The worker's receiver replaces the
+    /// incarnation. Whether this call poisoned it (false if it was poisoned or replaced
+    /// already).
+    fn poison(&self, index: usize, incarnation: u64) -> bool {
         let worker = &self.workers[index];
         let mut slot = worker.slot.lock();
-        if slot.incarnation != incarnation {
-            return None;
+        if slot.incarnation != incarnation || slot.core.poisoned() {
+            return false;
         }
-        let first = !slot.core.poisoned();
         slot.core.poison();
         drop(slot);
         worker.applied.notify_all();
-        Some(first)
+        true
     }
 }
 
@@ -842,7 +841,7 @@ impl SclSession {
     /// [`Inner::poison`]); this holder is forgotten, which is the crash verdict: only what it
     /// acknowledged commits.
     fn give_up(&self, why: StateError) -> StateError {
-        if self.inner.poison(self.index, self.incarnation) == Some(true) {
+        if self.inner.poison(self.index, self.incarnation) {
             tracing::warn!(worker = self.index, %why, "records in doubt; the worker restarts");
         }
         // After the poisoning: nothing on this worker reads the records any more when the

@@ -34,6 +34,14 @@ enum Loss {
     Reply,
 }
 
+/// The next number of a xorshift64 generator (`state` must not be 0).
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
 /// A link that loses the next request (or reply) of an armed call, once; and, once
 /// [`FaultyLink::lose_at_random`] was called, any acknowledgement, release or forget with a
 /// given probability (a seeded xorshift decides which).
@@ -60,16 +68,10 @@ impl FaultyLink {
     fn draw(&self) -> Option<Loss> {
         let mut random = self.random.lock();
         let (state, permille) = random.as_mut()?;
-        let mut next = || {
-            *state ^= *state << 13;
-            *state ^= *state >> 7;
-            *state ^= *state << 17;
-            *state
-        };
-        if next() % 1000 >= *permille {
+        if xorshift(state) % 1000 >= *permille {
             return None;
         }
-        Some(if next() % 2 == 0 {
+        Some(if xorshift(state).is_multiple_of(2) {
             Loss::Request
         } else {
             Loss::Reply
@@ -207,27 +209,39 @@ fn number(session: &mut dyn Session, key: &str) -> Result<u64, StateError> {
         .unwrap_or(0))
 }
 
-/// Moves `amount` from `from` to `to` on `worker`, under both accounts' locks (sorted), the
-/// way the bank example does. Retried while the worker restarts.
+/// Moves `amount` from `from` to `to` on `worker` ([`try_transfer`]), retried while the
+/// worker restarts.
 fn transfer(cluster: &SclCluster, worker: usize, from: &str, to: &str, amount: u64) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let mut session = cluster.worker(worker).session();
-        let result = (|| {
-            let (first, second) = if from < to { (from, to) } else { (to, from) };
-            session.lock(first.as_bytes(), LockMode::Write, WAIT)?;
-            session.lock(second.as_bytes(), LockMode::Write, WAIT)?;
-            let (have, dest) = (number(&mut *session, from)?, number(&mut *session, to)?);
-            session.put(from.as_bytes(), (have - amount).to_string().as_bytes())?;
-            session.put(to.as_bytes(), (dest + amount).to_string().as_bytes())?;
-            session.finish()
-        })();
-        match result {
+        match try_transfer(cluster, worker, from, to, amount, WAIT) {
             Ok(()) => return,
             Err(e) if Instant::now() < deadline => eprintln!("transfer retried: {e}"),
             Err(e) => panic!("transfer failed: {e}"),
         }
     }
+}
+
+/// One attempt to move `amount` (at most the balance) from `from` to `to` on `worker`, under
+/// both accounts' locks taken in sorted order, the way the bank example does. A failed one may
+/// or may not have taken effect; either way the total must hold.
+fn try_transfer(
+    cluster: &SclCluster,
+    worker: usize,
+    from: &str,
+    to: &str,
+    amount: u64,
+    wait: Duration,
+) -> Result<(), StateError> {
+    let mut session = cluster.worker(worker).session();
+    let (first, second) = if from < to { (from, to) } else { (to, from) };
+    session.lock(first.as_bytes(), LockMode::Write, wait)?;
+    session.lock(second.as_bytes(), LockMode::Write, wait)?;
+    let (have, dest) = (number(&mut *session, from)?, number(&mut *session, to)?);
+    let amount = amount.min(have);
+    session.put(from.as_bytes(), (have - amount).to_string().as_bytes())?;
+    session.put(to.as_bytes(), (dest + amount).to_string().as_bytes())?;
+    session.finish()
 }
 
 /// Every worker's sum of `accounts`, read under all their locks, once the cluster settled.
@@ -350,19 +364,15 @@ fn random_losses_keep_the_total() {
                 let cluster = cluster.clone();
                 std::thread::spawn(move || {
                     let mut rng = seed.wrapping_mul(31).wrapping_add(thread) | 1;
-                    let mut next = move |bound: u64| {
-                        rng ^= rng << 13;
-                        rng ^= rng >> 7;
-                        rng ^= rng << 17;
-                        rng % bound
-                    };
+                    let mut next = move |bound: u64| xorshift(&mut rng) % bound;
                     let mut done = 0;
                     for _ in 0..40 {
                         let from = next(3) as usize;
                         let to = (from + 1 + next(2) as usize) % 3;
                         let worker = next(2) as usize;
-                        if try_transfer(&cluster, worker, accounts[from], accounts[to], 1 + next(5))
-                        {
+                        let (from, to) = (accounts[from], accounts[to]);
+                        let wait = Duration::from_secs(3);
+                        if try_transfer(&cluster, worker, from, to, 1 + next(5), wait).is_ok() {
                             done += 1;
                         }
                     }
@@ -387,21 +397,4 @@ fn random_losses_keep_the_total() {
             "seed {seed}: replicas diverged"
         );
     }
-}
-
-/// One transfer attempt (no retry): whether it was acknowledged. A failed one may or may
-/// not have taken effect; either way the total must hold.
-fn try_transfer(cluster: &SclCluster, worker: usize, from: &str, to: &str, amount: u64) -> bool {
-    let mut session = cluster.worker(worker).session();
-    let result = (|| {
-        let (first, second) = if from < to { (from, to) } else { (to, from) };
-        session.lock(first.as_bytes(), LockMode::Write, Duration::from_secs(3))?;
-        session.lock(second.as_bytes(), LockMode::Write, Duration::from_secs(3))?;
-        let (have, dest) = (number(&mut *session, from)?, number(&mut *session, to)?);
-        let amount = amount.min(have);
-        session.put(from.as_bytes(), (have - amount).to_string().as_bytes())?;
-        session.put(to.as_bytes(), (dest + amount).to_string().as_bytes())?;
-        session.finish()
-    })();
-    result.is_ok()
 }
